@@ -1,0 +1,418 @@
+"""The optax-compatible losses against float64 references, optax and the closed forms."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+import xent_jax
+from xent_jax import closed_forms
+
+import references as ref
+
+ATOL32 = 1e-5
+
+
+def _int_loss_sum(logits, labels, where=None):
+  return jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(logits, labels, where=where))
+
+
+def _soft_loss_sum(logits, labels, where=None):
+  return jnp.sum(xent_jax.softmax_cross_entropy(logits, labels, where=where))
+
+
+class FusedLossTest(chex.TestCase):
+  """Values and gradients of the fused losses, with and without jit."""
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(1)
+    self.logits = rng.normal(size=(4, 7)).astype(np.float32) * 3
+    self.labels = rng.integers(0, 7, size=4)
+    self.soft = rng.dirichlet(np.ones(7), size=4).astype(np.float32)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_integer_labels_value_and_grad(self):
+    loss, grad = self.variant(jax.value_and_grad(_int_loss_sum))(self.logits, self.labels)
+    onehot = np.eye(7)[self.labels]
+    np.testing.assert_allclose(loss, ref.integer_cross_entropy(self.logits, self.labels).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(self.logits, onehot), atol=ATOL32)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_soft_labels_value_and_grad(self):
+    loss, grad = self.variant(jax.value_and_grad(_soft_loss_sum))(self.logits, self.soft)
+    np.testing.assert_allclose(loss, ref.softmax_cross_entropy(self.logits, self.soft).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(self.logits, self.soft), atol=ATOL32)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_unnormalised_soft_labels_keep_the_sum_factor(self):
+    p = 3.0 * self.soft
+    grad = self.variant(jax.grad(_soft_loss_sum))(self.logits, p)
+    np.testing.assert_allclose(grad, closed_forms.softmax_cross_entropy_gradient(self.logits, p), atol=1e-5)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(self.logits, p), atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_soft_label_gradient_is_minus_log_softmax(self):
+    grad = self.variant(jax.grad(_soft_loss_sum, argnums=1))(self.logits, self.soft)
+    np.testing.assert_allclose(grad, -ref.log_softmax(self.logits), rtol=1e-5, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_one_hot_equals_integer_labels(self):
+    """Eq. 4.2.15: soft-label CE with a one-hot target is -log p̂ of the class."""
+    onehot = jax.nn.one_hot(self.labels, 7)
+    soft = self.variant(xent_jax.softmax_cross_entropy)(self.logits, onehot)
+    hard = self.variant(xent_jax.softmax_cross_entropy_with_integer_labels)(self.logits, self.labels)
+    chex.assert_trees_all_close(soft, hard, atol=1e-6, strict=True)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_masked_rows_and_classes(self):
+    where = np.ones((4, 7), bool)
+    where[0, 3:] = False
+    where[1] = False
+    labels = self.labels.copy()
+    labels[0] = 1
+    loss, grad = self.variant(jax.value_and_grad(_int_loss_sum))(self.logits, labels, where)
+    onehot = np.eye(7)[labels]
+    np.testing.assert_allclose(loss, ref.integer_cross_entropy(self.logits, labels, where).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(self.logits, onehot, where), atol=ATOL32)
+    np.testing.assert_array_equal(grad[1], 0.0)
+    loss, grad = self.variant(jax.value_and_grad(_soft_loss_sum))(self.logits, self.soft, where)
+    np.testing.assert_allclose(loss, ref.softmax_cross_entropy(self.logits, self.soft, where).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(self.logits, self.soft, where), atol=ATOL32)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_batch_shaped_where_excludes_examples(self):
+    where = np.array([True, False, True, False])
+    loss = self.variant(xent_jax.softmax_cross_entropy_with_integer_labels)(self.logits, self.labels, where=where)
+    expected = np.where(where, ref.integer_cross_entropy(self.logits, self.labels), 0.0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    grad = self.variant(jax.grad(_soft_loss_sum))(self.logits, self.soft, where)
+    np.testing.assert_array_equal(grad[~where], 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_minus_inf_logits_on_zero_target_classes(self):
+    """optax 0.2.8 returns NaN here; the mathematics (and xent_jax) is finite."""
+    logits = self.logits.copy()
+    logits[:, 0] = -np.inf
+    p = self.soft.copy()
+    p[:, 0] = 0.0
+    p /= p.sum(-1, keepdims=True)
+    assert np.isnan(optax.losses.softmax_cross_entropy(logits, p)).all()
+    loss, grad = self.variant(jax.value_and_grad(_soft_loss_sum))(logits, p)
+    np.testing.assert_allclose(loss, ref.softmax_cross_entropy(logits, p).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(logits, p), atol=ATOL32)
+    labels = np.maximum(self.labels, 1)
+    grad = self.variant(jax.grad(_int_loss_sum))(logits, labels)
+    assert np.isfinite(grad).all()
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_huge_logits_stay_finite(self):
+    logits = np.array([[3e38, -3e38, 0.0], [-3e38, 1e30, -1e30]], np.float32)
+    labels = np.array([0, 1])
+    loss, grad = self.variant(jax.value_and_grad(_int_loss_sum))(logits, labels)
+    np.testing.assert_array_equal(loss, 0.0)
+    np.testing.assert_array_equal(grad, 0.0)
+    loss = self.variant(xent_jax.softmax_cross_entropy_with_integer_labels)(logits, np.array([2, 0]))
+    np.testing.assert_allclose(loss, [3e38, 3e38 + 1e30], rtol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_single_class(self):
+    logits = self.logits[:, :1]
+    loss, grad = self.variant(jax.value_and_grad(_int_loss_sum))(logits, np.zeros(4, int))
+    np.testing.assert_array_equal(loss, 0.0)
+    np.testing.assert_array_equal(grad, 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_labels_out_of_range_give_nan(self):
+    labels = np.array([7, -1, 0, 2])
+    loss, grad = self.variant(jax.value_and_grad(lambda z, l: xent_jax.softmax_cross_entropy_with_integer_labels(z, l)[0]))(self.logits, labels)
+    assert np.isnan(loss)
+    assert np.isnan(grad[0]).all() and not np.isnan(grad[2:]).any()
+    losses = self.variant(xent_jax.softmax_cross_entropy_with_integer_labels)(self.logits, labels)
+    np.testing.assert_array_equal(np.isnan(losses), [True, True, False, False])
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_negative_or_nan_targets_give_nan(self):
+    p = self.soft.copy()
+    p[0, 0] = -0.1
+    p[1, 1] = np.nan
+    losses = self.variant(xent_jax.softmax_cross_entropy)(self.logits, p)
+    np.testing.assert_array_equal(np.isnan(losses), [True, True, False, False])
+
+
+class OptaxCompatibilityTest(parameterized.TestCase):
+  """Same numbers as optax 0.2.8 wherever optax is finite."""
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(2)
+    self.logits = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    self.soft = rng.dirichlet(np.ones(5), size=(2, 3, 4)).astype(np.float32)
+    self.where = rng.random((2, 3, 4, 5)) > 0.3
+
+  @parameterized.parameters(*[{"axis": a} for a in (-1, 1, (1, 3), (0, 2, 3), None)])
+  def test_soft_labels_axes(self, axis):
+    labels = np.broadcast_to(self.soft, self.logits.shape)
+    labels = labels / labels.sum(axis=axis, keepdims=True)
+    ours = xent_jax.softmax_cross_entropy(self.logits, labels, axis)
+    theirs = optax.losses.softmax_cross_entropy(self.logits, labels, axis)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, strict=True)
+
+  @parameterized.parameters(*[{"axis": a} for a in (-1, 2, (2, 3), (1, 3))])
+  def test_integer_labels_axes(self, axis):
+    axes = (axis,) if isinstance(axis, int) else axis
+    axes = tuple(a % 4 for a in axes)
+    n = int(np.prod([self.logits.shape[a] for a in axes]))
+    batch = tuple(s for a, s in enumerate(self.logits.shape) if a not in axes)
+    labels = np.random.default_rng(3).integers(0, n, size=batch)
+    ours = xent_jax.softmax_cross_entropy_with_integer_labels(self.logits, labels, axis)
+    theirs = optax.losses.softmax_cross_entropy_with_integer_labels(self.logits, labels, axis)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, strict=True)
+    g_ours = jax.grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, axis)))(self.logits)
+    g_theirs = jax.grad(lambda z: jnp.sum(optax.losses.softmax_cross_entropy_with_integer_labels(z, labels, axis)))(self.logits)
+    chex.assert_trees_all_close(g_ours, g_theirs, atol=1e-6, strict=True)
+
+  @parameterized.parameters("full", "batch")
+  def test_where(self, kind):
+    where = self.where if kind == "full" else self.where[..., 0]
+    where_full = self.where if kind == "full" else np.broadcast_to(where[..., None], self.logits.shape)
+    labels = np.argmax(np.where(where_full, self.soft, -1), -1)
+    p = np.where(where_full, self.soft, 0)
+    for ours_fn, theirs_fn, y in [
+        (xent_jax.softmax_cross_entropy, optax.losses.softmax_cross_entropy, p),
+        (xent_jax.softmax_cross_entropy_with_integer_labels, optax.losses.softmax_cross_entropy_with_integer_labels, labels),
+    ]:
+      ours = ours_fn(self.logits, y, where=where)
+      theirs = theirs_fn(self.logits, y, where=where)
+      chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-6, strict=True)
+      self.assertTrue(np.isfinite(ours).all())
+
+  def test_safe_softmax_cross_entropy(self):
+    logits = self.logits.copy()
+    logits[..., 0] = -np.inf
+    p = self.soft.copy()
+    p[..., 0] = 0
+    chex.assert_trees_all_close(
+        xent_jax.safe_softmax_cross_entropy(logits, p),
+        optax.losses.safe_softmax_cross_entropy(logits, p),
+        rtol=1e-5,
+        strict=True,
+    )
+
+  def test_sigmoid_binary_cross_entropy(self):
+    y = (self.soft > 0.2).astype(np.float32)
+    chex.assert_trees_all_close(
+        xent_jax.sigmoid_binary_cross_entropy(self.logits, y),
+        optax.losses.sigmoid_binary_cross_entropy(self.logits, y),
+        rtol=1e-5,
+        strict=True,
+    )
+
+  @parameterized.parameters(*[{"axis": a} for a in (-1, (2, 3))])
+  def test_kl_divergences(self, axis):
+    lq = jax.nn.log_softmax(self.logits, axis=-1)
+    lp = jax.nn.log_softmax(2 * self.logits, axis=-1)
+    chex.assert_trees_all_close(
+        xent_jax.kl_divergence(lq, jnp.exp(lp), axis),
+        optax.losses.kl_divergence(lq, jnp.exp(lp), axis),
+        rtol=1e-5,
+        atol=1e-6,
+        strict=True,
+    )
+    chex.assert_trees_all_close(
+        xent_jax.kl_divergence_with_log_targets(lq, lp, axis, where=self.where),
+        optax.losses.kl_divergence_with_log_targets(lq, lp, axis, where=self.where),
+        rtol=1e-5,
+        atol=1e-6,
+        strict=True,
+    )
+
+  def test_drop_in_signatures(self):
+    import inspect
+
+    for name in [
+        "softmax_cross_entropy",
+        "softmax_cross_entropy_with_integer_labels",
+        "safe_softmax_cross_entropy",
+        "sigmoid_binary_cross_entropy",
+        "kl_divergence",
+        "kl_divergence_with_log_targets",
+    ]:
+      ours = list(inspect.signature(getattr(xent_jax, name)).parameters)
+      theirs = list(inspect.signature(getattr(optax.losses, name)).parameters)
+      self.assertEqual(ours[: len(theirs)], theirs, name)
+
+
+class SecondOrderTest(parameterized.TestCase):
+
+  @parameterized.parameters(1, 2, 5)
+  def test_hessian_is_softmax_jacobian(self, c):
+    """Eq. 4.2.32: ∂²L/∂z² = diag(p̂) - p̂p̂ᵀ, through the custom_vjp's backward."""
+    z = np.random.default_rng(c).normal(size=c).astype(np.float32)
+    p = np.random.default_rng(c + 1).dirichlet(np.ones(c)).astype(np.float32)
+    expected = closed_forms.softmax_jacobian(z)
+    h_soft = jax.hessian(xent_jax.softmax_cross_entropy)(z, p)
+    h_int = jax.hessian(xent_jax.softmax_cross_entropy_with_integer_labels)(z, np.array(0))
+    chex.assert_trees_all_close(h_soft, expected, atol=1e-6, strict=True)
+    chex.assert_trees_all_close(h_int, expected, atol=1e-6, strict=True)
+    s = np.exp(z - np.max(z)) / np.exp(z - np.max(z)).sum()
+    np.testing.assert_allclose(h_soft, np.diag(s) - np.outer(s, s), atol=1e-6)
+
+  def test_jacfwd_is_refused(self):
+    z = np.zeros(3, np.float32)
+    with pytest.raises(TypeError):
+      jax.jacfwd(xent_jax.softmax_cross_entropy_with_integer_labels)(z, np.array(0))
+
+  def test_jacrev_per_example(self):
+    z = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    labels = np.array([0, 3, 1])
+    jac = jax.jacrev(xent_jax.softmax_cross_entropy_with_integer_labels)(z, labels)
+    expected = np.zeros((3, 3, 4))
+    for n in range(3):
+      expected[n, n] = ref.softmax(z[n]) - np.eye(4)[labels[n]]
+    np.testing.assert_allclose(jac, expected, atol=1e-6)
+
+
+class DtypeTest(parameterized.TestCase):
+
+  @parameterized.parameters(jnp.bfloat16, jnp.float16, jnp.float32)
+  def test_low_precision_in_float32_out(self, dtype):
+    rng = np.random.default_rng(4)
+    z = jnp.asarray(rng.normal(size=(3, 6)), dtype)
+    labels = np.array([0, 5, 2])
+    p = jnp.asarray(rng.dirichlet(np.ones(6), size=3), dtype)
+    for fn, y in [(_int_loss_sum, labels), (_soft_loss_sum, p)]:
+      loss, grad = jax.value_and_grad(fn)(z, y)
+      self.assertEqual(loss.dtype, jnp.float32)
+      self.assertEqual(grad.dtype, dtype)
+    loss = xent_jax.softmax_cross_entropy_with_integer_labels(z, labels)
+    np.testing.assert_allclose(loss, ref.integer_cross_entropy(np.asarray(z, np.float64), labels), rtol=1e-6)
+    self.assertEqual(xent_jax.sigmoid_binary_cross_entropy(z, p).dtype, jnp.float32)
+    self.assertEqual(jax.grad(lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, p)))(z).dtype, dtype)
+
+  def test_float64_with_x64(self):
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(3, 6)) * 20
+    labels = np.array([0, 5, 2])
+    with jax.enable_x64(True):
+      loss, grad = jax.value_and_grad(_int_loss_sum)(jnp.asarray(z), labels)
+      self.assertEqual(loss.dtype, jnp.float64)
+      self.assertEqual(grad.dtype, jnp.float64)
+    np.testing.assert_allclose(loss, ref.integer_cross_entropy(z, labels).sum(), rtol=1e-13)
+    np.testing.assert_allclose(grad, ref.softmax_cross_entropy_grad(z, np.eye(6)[labels]), atol=1e-14)
+
+
+class ElementwiseLossTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_sigmoid_bce_values_and_grad(self):
+    z = np.array([-30.0, -2.0, 0.0, 0.5, 40.0], np.float32)
+    y = np.array([0.0, 1.0, 0.3, 1.0, 1.0], np.float32)
+    loss, grad = self.variant(jax.value_and_grad(lambda z, y: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y))))(z, y)
+    np.testing.assert_allclose(loss, ref.sigmoid_bce(z, y).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, closed_forms.sigmoid_binary_cross_entropy_gradient(z, y), atol=1e-7)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_sigmoid_bce_infinite_logits(self):
+    """optax returns NaN at ±inf logits with agreeing labels; the loss is 0."""
+    z = np.array([np.inf, -np.inf, np.inf], np.float32)
+    y = np.array([1.0, 0.0, 0.0], np.float32)
+    assert np.isnan(optax.losses.sigmoid_binary_cross_entropy(z[:2], y[:2])).all()
+    loss, grad = self.variant(jax.value_and_grad(lambda z, y: xent_jax.sigmoid_binary_cross_entropy(z, y)[:2].sum()))(z, y)
+    np.testing.assert_array_equal(loss, 0.0)
+    np.testing.assert_array_equal(grad, 0.0)
+    self.assertEqual(float(self.variant(xent_jax.sigmoid_binary_cross_entropy)(z, y)[2]), np.inf)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_binary_cross_entropy_on_probabilities(self):
+    p = np.array([1e-6, 0.2, 0.5, 0.9, 1.0, 0.0], np.float32)
+    y = np.array([0.0, 1.0, 0.4, 0.0, 1.0, 0.0], np.float32)
+    loss, grad = self.variant(jax.value_and_grad(lambda p, y: jnp.sum(xent_jax.binary_cross_entropy(p, y)[:4])))(p, y)
+    p64, y64 = p.astype(np.float64)[:4], y.astype(np.float64)[:4]
+    np.testing.assert_allclose(loss, -(y64 * np.log(p64) + (1 - y64) * np.log1p(-p64)).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad[:4], closed_forms.binary_cross_entropy_gradient(p[:4], y[:4]), rtol=1e-5)
+    np.testing.assert_array_equal(self.variant(xent_jax.binary_cross_entropy)(p, y)[4:], 0.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_binary_cross_entropy_equals_two_class_cross_entropy(self):
+    """Eq. 4.2.11: BCE on σ(z) is CE over the logits (0, z)."""
+    z = np.linspace(-5, 5, 7).astype(np.float32)
+    y = np.linspace(0, 1, 7).astype(np.float32)
+    two_class = self.variant(xent_jax.softmax_cross_entropy)(np.stack([np.zeros_like(z), z], -1), np.stack([1 - y, y], -1))
+    bce = self.variant(xent_jax.sigmoid_binary_cross_entropy)(z, y)
+    chex.assert_trees_all_close(two_class, bce, atol=2e-6, strict=True)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_mse_on_probabilities(self):
+    z = np.random.default_rng(6).normal(size=(3, 4)).astype(np.float32)
+    p = np.eye(4, dtype=np.float32)[[0, 1, 3]]
+    loss, grad = self.variant(jax.value_and_grad(lambda z, p: jnp.sum(xent_jax.mse_on_probabilities(z, p))))(z, p)
+    np.testing.assert_allclose(loss, np.sum((p - ref.softmax(z)) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(grad, closed_forms.mse_on_probabilities_gradient(z, p), atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_kl_zero_targets_with_minus_inf_predictions(self):
+    """optax returns NaN here; the terms with zero target are 0."""
+    lq = np.array([[-np.inf, np.log(0.5), np.log(0.5)]], np.float32)
+    p = np.array([[0.0, 0.25, 0.75]], np.float32)
+    log_p = np.array([[-np.inf, np.log(0.25), np.log(0.75)]], np.float32)
+    expected = 0.25 * np.log(0.5) + 0.75 * np.log(1.5)
+    assert np.isnan(optax.losses.kl_divergence(lq, p)).all()
+    for fn, t in [(xent_jax.kl_divergence, p), (xent_jax.kl_divergence_with_log_targets, log_p)]:
+      loss, grads = self.variant(jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b)), argnums=(0, 1)))(lq, t)
+      np.testing.assert_allclose(loss, expected, rtol=1e-6)
+      self.assertTrue(all(np.isfinite(g).all() for g in grads))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_kl_negative_target_is_nan(self):
+    lq = np.log(np.array([0.5, 0.5], np.float32))
+    self.assertTrue(np.isnan(self.variant(xent_jax.kl_divergence)(lq, np.array([-0.1, 1.1], np.float32))))
+
+
+class TraceAndBatchTest(parameterized.TestCase):
+
+  def test_one_trace_per_shape(self):
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def loss(z, labels):
+      return xent_jax.softmax_cross_entropy_with_integer_labels(z, labels)
+
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+      loss(rng.normal(size=(2, 3)).astype(np.float32), rng.integers(0, 3, 2))
+
+  @parameterized.parameters("int", "soft")
+  def test_vmap_matches_batched_call(self, kind):
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(5, 2, 3)).astype(np.float32)
+    y = rng.integers(0, 3, (5, 2)) if kind == "int" else rng.dirichlet(np.ones(3), (5, 2)).astype(np.float32)
+    fn = xent_jax.softmax_cross_entropy_with_integer_labels if kind == "int" else xent_jax.softmax_cross_entropy
+    batched = fn(z, y)
+    mapped = jax.vmap(fn)(z, y)
+    chex.assert_trees_all_close(batched, mapped, strict=True)
+    g_mapped = jax.vmap(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(z, y)
+    g_batched = jax.grad(lambda a, b: jnp.sum(fn(a, b)))(z, y)
+    chex.assert_trees_all_close(g_mapped, g_batched, atol=1e-7, strict=True)
+
+
+BAD_INPUTS = [
+    ("float labels", functools.partial(xent_jax.softmax_cross_entropy_with_integer_labels, np.zeros((2, 3), np.float32), np.zeros(2, np.float32)), TypeError, "labels"),
+    ("label shape", functools.partial(xent_jax.softmax_cross_entropy_with_integer_labels, np.zeros((2, 3), np.float32), np.zeros(3, int)), ValueError, "labels"),
+    ("scalar logits", functools.partial(xent_jax.softmax_cross_entropy, np.float32(1.0), np.float32(1.0)), ValueError, "logits"),
+    ("soft label shape", functools.partial(xent_jax.softmax_cross_entropy, np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32)), ValueError, "labels"),
+    ("integer logits", functools.partial(xent_jax.softmax_cross_entropy_with_integer_labels, np.zeros((2, 3), int), np.zeros(2, int)), TypeError, "logits"),
+    ("axis out of range", functools.partial(xent_jax.softmax_cross_entropy, np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), 2), ValueError, "axis"),
+    ("where shape", functools.partial(xent_jax.softmax_cross_entropy, np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), -1, np.ones((3, 3), bool)), ValueError, "where"),
+    ("bce label shape", functools.partial(xent_jax.sigmoid_binary_cross_entropy, np.zeros(3, np.float32), np.zeros(4, np.float32)), ValueError, "labels"),
+]
+
+
+@pytest.mark.parametrize("case, call, error, name", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_static_faults_raise_at_trace_time(case, call, error, name):
+  with pytest.raises(error, match=f"`{name}`"):
+    jax.eval_shape(call)

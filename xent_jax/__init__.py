@@ -1,0 +1,33 @@
+"""xent_jax: information-theoretic losses for JAX, fused, NaN-safe and optax-compatible."""
+
+from jax.nn import log_softmax, logsumexp, softmax
+
+from xent_jax import closed_forms, info
+from xent_jax._classification import (
+    binary_cross_entropy,
+    kl_divergence,
+    kl_divergence_with_log_targets,
+    mse_on_probabilities,
+    safe_softmax_cross_entropy,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "binary_cross_entropy",
+    "closed_forms",
+    "info",
+    "kl_divergence",
+    "kl_divergence_with_log_targets",
+    "log_softmax",
+    "logsumexp",
+    "mse_on_probabilities",
+    "safe_softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+]

@@ -1,0 +1,111 @@
+"""Trace-time argument checks and the dtype policy shared by every loss.
+
+Everything here runs on static information only (shapes, dtypes, Python
+arguments), so a fault is reported when the function is traced, with the
+argument's name, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Axis = Union[int, Sequence[int], None]
+
+
+def as_floating(x: jax.typing.ArrayLike, name: str) -> jax.Array:
+  """Returns ``x`` as an array, raising TypeError unless it is floating point."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"`{name}` must be a floating-point array, got dtype {x.dtype}.")
+  return x
+
+
+def as_integer(x: jax.typing.ArrayLike, name: str) -> jax.Array:
+  """Returns ``x`` as an array, raising TypeError unless it holds integers."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.integer):
+    raise TypeError(
+        f"`{name}` must be an integer array of class indices, got dtype {x.dtype}"
+        " (use the soft-label loss for probabilities)."
+    )
+  return x
+
+
+def compute_dtype(*dtypes: jnp.dtype) -> jnp.dtype:
+  """The dtype losses are computed in: float32 for 16-bit floats, else the widest.
+
+  bf16 and fp16 inputs are upcast to float32; float64 stays float64 (it only
+  exists when x64 is enabled). Non-floating dtypes (integer or boolean labels)
+  do not take part.
+  """
+  floats = [jnp.dtype(d) for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+  return max([jnp.dtype(jnp.float32), *floats], key=lambda d: d.itemsize)
+
+
+def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+  """Canonical, sorted, non-negative class axes; ``None`` means all axes."""
+  if axis is None:
+    return tuple(range(ndim))
+  axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+  if not axes:
+    raise ValueError(f"`{name}` must name at least one axis, got {axis!r}.")
+  out = []
+  for a in axes:
+    if not isinstance(a, (int, np.integer)):
+      raise TypeError(f"`{name}` must be an int or a tuple of ints, got {axis!r}.")
+    if not -ndim <= a < ndim:
+      raise ValueError(f"`{name}`={axis!r} is out of range for an array of rank {ndim}.")
+    out.append(int(a) % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f"`{name}`={axis!r} repeats an axis.")
+  return tuple(sorted(out))
+
+
+def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Moves ``axes`` to the end (in order) and flattens them into one class axis."""
+  batch = tuple(a for a in range(x.ndim) if a not in axes)
+  x = jnp.transpose(x, batch + axes) if batch + axes != tuple(range(x.ndim)) else x
+  return x.reshape(x.shape[: len(batch)] + (-1,))
+
+
+def check_broadcastable(shape: tuple[int, ...], target_shape: tuple[int, ...], name: str, target: str) -> None:
+  """Raises a ValueError naming both arguments unless ``shape`` broadcasts to ``target_shape``."""
+  try:
+    ok = jnp.broadcast_shapes(shape, target_shape) == tuple(target_shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(
+        f"`{name}` has shape {shape}, which does not broadcast to {target}'s"
+        f" shape {tuple(target_shape)}."
+    )
+
+
+def broadcast_arg(x: jax.Array, shape: tuple[int, ...], name: str, target: str) -> jax.Array:
+  """Broadcasts ``x`` to ``shape`` or raises a ValueError naming both."""
+  check_broadcastable(x.shape, shape, name, target)
+  return jnp.broadcast_to(x, shape)
+
+
+def log_base_scale(base: float | None) -> float | None:
+  """1 / ln(base) for a static log base, None for nats; validates the base."""
+  if base is None:
+    return None
+  try:
+    b = float(base)
+  except jax.errors.ConcretizationTypeError:
+    raise TypeError("`base` must be a static Python number, got a traced value.") from None
+  if not (b > 0 and b != 1 and math.isfinite(b)):
+    raise ValueError(f"`base` must be a finite number > 0 and != 1, got {base!r}.")
+  return 1.0 / math.log(b)
+
+
+def rescale(x: jax.Array, scale: float | None) -> jax.Array:
+  """Converts nats to the unit of ``scale`` (see ``log_base_scale``)."""
+  return x if scale is None else x * scale

@@ -1,0 +1,365 @@
+"""Classification losses under optax's names and signatures (seed section 4.2.2).
+
+Each function here is a drop-in replacement for the optax loss of the same name
+(optax 0.2.8): same positional arguments, same ``axis`` and ``where``
+semantics, same per-example output shapes. They differ where optax returns NaN
+although the mathematics is finite.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from xent_jax import _checks, _fused
+from xent_jax._checks import Axis
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def _logits_and_mask(logits: ArrayLike, axis: Axis, where: ArrayLike | None):
+  """Validated logits, the same with the class axes flattened last, and the mask.
+
+  A ``where`` of the batch shape keeps a size-1 class axis, so no N×C mask is
+  materialised for it.
+  """
+  logits = _checks.as_floating(logits, "logits")
+  if logits.ndim == 0:
+    raise ValueError("`logits` must have a class axis, got a scalar (shape ()).")
+  axes = _checks.normalize_axes(axis, logits.ndim)
+  if any(logits.shape[a] == 0 for a in axes):
+    raise ValueError(f"`logits` of shape {logits.shape} has no classes along axis {axis!r}.")
+  batch_shape = tuple(n for a, n in enumerate(logits.shape) if a not in axes)
+  mask = None
+  if where is not None:
+    where = jnp.asarray(where, bool)
+    if where.ndim != logits.ndim:
+      where = jnp.expand_dims(where, axes) if where.ndim == len(batch_shape) else where
+    _checks.check_broadcastable(where.shape, logits.shape, "where", "logits")
+    per_class = any(where.shape[a] != 1 for a in axes)
+    shape = logits.shape if per_class else tuple(1 if a in axes else n for a, n in enumerate(logits.shape))
+    mask = _checks.classes_last(jnp.broadcast_to(where, shape), axes)
+  return logits, _checks.classes_last(logits, axes), mask, axes, batch_shape
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Fused softmax cross-entropy with probability (soft or one-hot) labels.
+
+  .. math::
+    L = -\sum_i p_i \log \hat p_i
+      = \Big(\sum_i p_i\Big) \operatorname{logsumexp}(z) - \sum_i p_i z_i,
+    \qquad \frac{\partial L}{\partial z} = \hat p \sum_i p_i - p
+
+  Seed Eq. 4.2.23, 4.2.29–4.2.31, 4.2.37–4.2.40. A ``jax.custom_vjp``: the
+  residuals are the logits as given, the labels, the mask and one logsumexp
+  per example; no softmax is stored, the backward recomputes it. Terms with
+  ``p_i = 0`` contribute 0 even where ``z_i = -inf``. Forward-mode autodiff
+  (``jax.jacfwd``, ``jax.jvp``) is not supported, as for any custom_vjp;
+  ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
+
+  Args:
+    logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
+    labels: target probabilities broadcastable to ``logits``; rows need not sum
+      to 1 (the gradient keeps the Σp factor).
+    axis: class axis or axes; ``None`` means all axes.
+    where: elements to include, of the logits' shape or the batch shape. Rows
+      with nothing included have loss 0 and gradient 0.
+
+  Returns:
+    per-example losses, the batch shape, float32 for 16-bit logits. NaN for an
+    example with a negative or NaN target.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> labels = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    >>> print(xent_jax.softmax_cross_entropy(logits, labels))
+    [0.2761 2.9518]
+
+  References:
+    optax.losses.softmax_cross_entropy, whose signature this follows.
+  """
+  logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
+  labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
+  p = _checks.classes_last(labels, axes).astype(_checks.compute_dtype(x.dtype, labels.dtype))
+  return _fused.fused_soft_labels(x, p, mask).reshape(batch_shape)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Fused softmax cross-entropy with integer class labels.
+
+  .. math::
+    L = -\log \hat p_{c^*} = \operatorname{logsumexp}(z) - z_{c^*},
+    \qquad \frac{\partial L}{\partial z_k} = \hat p_k - 1\{k = c^*\}
+
+  Seed Eq. 4.2.15, 4.2.37–4.2.40. A ``jax.custom_vjp``: the residuals are the
+  logits as given, the labels, the mask and one logsumexp per example; no
+  softmax is stored. Forward-mode autodiff is not supported (custom_vjp);
+  ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
+
+  Args:
+    logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
+    labels: integer class indices, the logits' shape without the class axes.
+      With a tuple ``axis`` a label is a flat index into those axes.
+    axis: class axis or axes.
+    where: elements to include, of the logits' shape or the batch shape. Rows
+      with nothing included have loss 0 and gradient 0.
+
+  Returns:
+    per-example losses of the batch shape, float32 for 16-bit logits; NaN for
+    an example whose label is outside ``[0, num_classes)``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
+    >>> print(xent_jax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1])))
+    [0.2761 2.9518]
+
+  References:
+    optax.losses.softmax_cross_entropy_with_integer_labels.
+  """
+  _, x, mask, _, batch_shape = _logits_and_mask(logits, axis, where)
+  labels = _checks.as_integer(labels, "labels")
+  if labels.shape != batch_shape:
+    raise ValueError(
+        f"`labels` has shape {labels.shape}; expected the logits' shape without"
+        f" the class axes, {batch_shape}."
+    )
+  return _fused.fused_integer_labels(x, labels, mask)
+
+
+def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+  r"""Softmax cross-entropy treating 0·log 0 as 0, as optax's function of this name.
+
+  .. math::
+    L = -\sum_i p_i \log \hat p_i, \quad 0 \cdot \log 0 = 0
+
+  Seed Eq. 4.2.23. :func:`softmax_cross_entropy` already follows this
+  convention, so this is the same fused loss over the last axis.
+
+  Args:
+    logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
+    labels: target probabilities broadcastable to ``logits``.
+
+  Returns:
+    per-example losses, shape ``[...]``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> logits = jnp.array([0.0, -jnp.inf])
+    >>> print(xent_jax.safe_softmax_cross_entropy(logits, jnp.array([1.0, 0.0])))
+    0.0
+  """
+  return softmax_cross_entropy(logits, labels)
+
+
+def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+  r"""Elementwise binary cross-entropy of sigmoid logits.
+
+  .. math::
+    L = -[y \log \sigma(z) + (1-y) \log(1-\sigma(z))]
+      = y\,\mathrm{softplus}(-z) + (1-y)\,\mathrm{softplus}(z),
+    \qquad \frac{\partial L}{\partial z} = \sigma(z) - y
+
+  Seed Eq. 4.2.11, 4.2.19–4.2.22. A term whose weight (y or 1 - y) is 0 is 0,
+  so ``z = +inf`` with ``y = 1`` (and ``-inf`` with ``0``) gives loss 0 and
+  gradient 0, where optax returns NaN. Plain differentiable code: forward and
+  reverse mode both work.
+
+  Args:
+    logits: logits of the positive class, any shape.
+    labels: targets in [0, 1] broadcastable to ``logits``.
+
+  Returns:
+    losses of the logits' shape, float32 for 16-bit logits.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(xent_jax.sigmoid_binary_cross_entropy(jnp.array([0.0, jnp.inf]), jnp.array([1.0, 1.0])))
+    [0.6931 0.    ]
+  """
+  z = _checks.as_floating(logits, "logits")
+  y = _checks.broadcast_arg(jnp.asarray(labels), z.shape, "labels", "logits")
+  dtype = _checks.compute_dtype(z.dtype, y.dtype)
+  z, y = z.astype(dtype), y.astype(dtype)
+  pos = jnp.where(y != 0, y * jax.nn.softplus(-z), 0)
+  neg = jnp.where(y != 1, (1 - y) * jax.nn.softplus(z), 0)
+  return pos + neg
+
+
+def binary_cross_entropy(probabilities: ArrayLike, labels: ArrayLike) -> jax.Array:
+  r"""Elementwise binary cross-entropy of predicted probabilities.
+
+  .. math::
+    L = -[y \log \hat p + (1-y) \log(1-\hat p)],
+    \qquad \frac{\partial L}{\partial \hat p} = -\Big(\frac{y}{\hat p} - \frac{1-y}{1-\hat p}\Big)
+
+  Seed Eq. 4.2.11 and 4.2.19, with 0·log 0 = 0. Prefer
+  :func:`sigmoid_binary_cross_entropy` on logits: probabilities rounded to 0
+  or 1 lose the information the logits had.
+
+  Args:
+    probabilities: predicted probability of the positive class, any shape.
+    labels: targets in [0, 1] broadcastable to ``probabilities``.
+
+  Returns:
+    losses of the probabilities' shape; +inf where the prediction is certain
+    and wrong, NaN for a probability outside [0, 1].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(xent_jax.binary_cross_entropy(jnp.array([0.5, 0.9]), jnp.array([1.0, 1.0])))
+    [0.6931 0.1054]
+  """
+  p = _checks.as_floating(probabilities, "probabilities")
+  y = _checks.broadcast_arg(jnp.asarray(labels), p.shape, "labels", "probabilities")
+  dtype = _checks.compute_dtype(p.dtype, y.dtype)
+  p, y = p.astype(dtype), y.astype(dtype)
+  p = jnp.where((p >= 0) & (p <= 1), p, jnp.nan)
+  pos = jnp.where(y != 0, y * jnp.log(jnp.where(y != 0, p, 1)), 0)
+  neg = jnp.where(y != 1, (1 - y) * jnp.log1p(-jnp.where(y != 1, p, 0)), 0)
+  return -(pos + neg)
+
+
+def mse_on_probabilities(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Squared error between target probabilities and the softmax, per example.
+
+  .. math::
+    L = \sum_i (p_i - \hat p_i)^2, \qquad \hat p = \operatorname{softmax}(z)
+
+  Seed Eq. 4.2.18, for comparison with cross-entropy: its gradient
+  2 J (p̂ - p) vanishes as the softmax saturates, even when the prediction is
+  wrong, where the cross-entropy gradient p̂ - p does not.
+
+  Args:
+    logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
+    labels: target probabilities broadcastable to ``logits``.
+    axis: class axis or axes.
+    where: elements to include, broadcastable to ``logits``.
+
+  Returns:
+    per-example squared errors with the class axes removed.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> print(xent_jax.mse_on_probabilities(jnp.array([0.0, 0.0]), jnp.array([1.0, 0.0])))
+    0.5
+  """
+  z = _checks.as_floating(logits, "logits")
+  axes = _checks.normalize_axes(axis, z.ndim)
+  p = _checks.broadcast_arg(jnp.asarray(labels), z.shape, "labels", "logits")
+  dtype = _checks.compute_dtype(z.dtype, p.dtype)
+  if where is not None:
+    where = _checks.broadcast_arg(jnp.asarray(where, bool), z.shape, "where", "logits")
+  p_hat = jax.nn.softmax(z.astype(dtype), axis=axes, where=where)
+  return jnp.sum(jnp.square(p.astype(dtype) - p_hat), axis=axes, where=where)
+
+
+def _log_domain_pair(log_predictions: ArrayLike, other: ArrayLike, name: str):
+  lp = _checks.as_floating(log_predictions, "log_predictions")
+  t = _checks.as_floating(other, name)
+  try:
+    shape = jnp.broadcast_shapes(lp.shape, t.shape)
+  except ValueError:
+    raise ValueError(f"`log_predictions` of shape {lp.shape} and `{name}` of shape {t.shape} do not broadcast.") from None
+  dtype = _checks.compute_dtype(lp.dtype, t.dtype)
+  return jnp.broadcast_to(lp, shape).astype(dtype), jnp.broadcast_to(t, shape).astype(dtype)
+
+
+def kl_divergence(
+    log_predictions: ArrayLike,
+    targets: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""KL divergence of predictions (in log space) from targets, as optax's.
+
+  .. math::
+    D_{KL}(P \| Q) = \sum_i p_i (\log p_i - \log q_i)
+
+  Seed Eq. 4.2.4. Terms with ``targets = 0`` are 0 even where
+  ``log_predictions = -inf`` (optax returns NaN there), with finite gradients.
+  Negative targets give NaN.
+
+  Args:
+    log_predictions: log-probabilities of the model, shape ``[..., n]``.
+    targets: target probabilities, broadcastable to ``log_predictions``.
+    axis: axis or axes to reduce.
+    where: elements to include.
+
+  Returns:
+    divergences with ``axis`` removed.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> print(xent_jax.kl_divergence(jnp.log(jnp.array([0.25, 0.75])), jnp.array([0.5, 0.5])))
+    0.14384103
+  """
+  lp, t = _log_domain_pair(log_predictions, targets, "targets")
+  nonzero = t != 0
+  safe_t, safe_lp = jnp.where(nonzero, t, 1), jnp.where(nonzero, lp, 0)
+  terms = jnp.where(nonzero, safe_t * (jnp.log(safe_t) - safe_lp), 0)
+  return jnp.sum(terms, axis=_checks.normalize_axes(axis, terms.ndim), where=where)
+
+
+def kl_divergence_with_log_targets(
+    log_predictions: ArrayLike,
+    log_targets: ArrayLike,
+    axis: Axis = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""KL divergence with both distributions in log space, as optax's.
+
+  .. math::
+    D_{KL}(P \| Q) = \sum_i e^{\log p_i} (\log p_i - \log q_i)
+
+  Seed Eq. 4.2.4–4.2.5. Terms with ``log_targets = -inf`` are 0, also where
+  ``log_predictions = -inf`` (optax returns NaN there).
+
+  Args:
+    log_predictions: log-probabilities of the model, shape ``[..., n]``.
+    log_targets: log-probabilities of the target, broadcastable.
+    axis: axis or axes to reduce.
+    where: elements to include.
+
+  Returns:
+    divergences with ``axis`` removed.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import xent_jax
+    >>> lq, lp = jnp.log(jnp.array([0.25, 0.75])), jnp.log(jnp.array([1.0, 0.0]))
+    >>> print(xent_jax.kl_divergence_with_log_targets(lq, lp))
+    1.3862944
+  """
+  lp, lt = _log_domain_pair(log_predictions, log_targets, "log_targets")
+  nonzero = lt != -jnp.inf
+  safe_lt, safe_lp = jnp.where(nonzero, lt, 0), jnp.where(nonzero, lp, 0)
+  terms = jnp.where(nonzero, jnp.exp(safe_lt) * (safe_lt - safe_lp), 0)
+  return jnp.sum(terms, axis=_checks.normalize_axes(axis, terms.ndim), where=where)

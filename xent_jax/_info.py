@@ -1,0 +1,183 @@
+"""Information measures on probability vectors (seed section 4.2.1).
+
+Arguments follow the seed's order: the target distribution P first, then the
+model distribution Q. All functions use the convention 0·log 0 = 0 (and
+0·log q = 0 for any q), return +inf where q = 0 < p, and NaN where a
+probability is negative or NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from xent_jax import _checks
+from xent_jax._checks import Axis
+
+
+def _probabilities(p: jax.typing.ArrayLike, name: str) -> jax.Array:
+  """Floating-point check, float32 upcast, and NaN for negative entries."""
+  p = _checks.as_floating(p, name)
+  p = p.astype(_checks.compute_dtype(p.dtype))
+  return jnp.where(p >= 0, p, jnp.nan)
+
+
+def _pair(p, q) -> tuple[jax.Array, jax.Array]:
+  p, q = _probabilities(p, "p"), _probabilities(q, "q")
+  try:
+    shape = jnp.broadcast_shapes(p.shape, q.shape)
+  except ValueError:
+    raise ValueError(f"`p` of shape {p.shape} and `q` of shape {q.shape} do not broadcast.") from None
+  dtype = jnp.result_type(p.dtype, q.dtype)
+  return jnp.broadcast_to(p, shape).astype(dtype), jnp.broadcast_to(q, shape).astype(dtype)
+
+
+def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x·log(y) with 0·log(y) = 0 for every y, and gradients that stay finite there."""
+  nonzero = x != 0
+  return jnp.where(nonzero, x * jnp.log(jnp.where(nonzero, y, 1)), 0)
+
+
+def _reduce(terms: jax.Array, axis: Axis, where, base) -> jax.Array:
+  scale = _checks.log_base_scale(base)
+  axes = _checks.normalize_axes(axis, terms.ndim)
+  if where is not None:
+    where = _checks.broadcast_arg(jnp.asarray(where, bool), terms.shape, "where", "p")
+  return _checks.rescale(jnp.sum(terms, axis=axes, where=where), scale)
+
+
+def self_information(p: jax.typing.ArrayLike, *, base: float | None = None) -> jax.Array:
+  r"""Self-information (surprisal) of an event of probability ``p``, elementwise.
+
+  .. math::
+    I(x) = -\log_b p(x)
+
+  Seed Eq. 4.2.1: base 2 gives bits, e (``None``) nats, 10 hartleys.
+
+  Args:
+    p: probabilities, any shape.
+    base: logarithm base, a static number > 0 and != 1; ``None`` for nats.
+
+  Returns:
+    ``-log_base(p)``, same shape as ``p``; +inf where ``p = 0``, NaN where ``p < 0``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from xent_jax import info
+    >>> print(info.self_information(jnp.array([0.5, 0.25, 0.125]), base=2))
+    [1. 2. 3.]
+  """
+  scale = _checks.log_base_scale(base)
+  return _checks.rescale(-jnp.log(_probabilities(p, "p")), scale)
+
+
+def entropy(
+    p: jax.typing.ArrayLike,
+    *,
+    axis: Axis = -1,
+    base: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Shannon entropy of the distribution ``p`` along ``axis``.
+
+  .. math::
+    H(P) = -\sum_i p_i \log_b p_i = \mathbb{E}_{x \sim P}[I(x)]
+
+  Seed Eq. 4.2.2–4.2.3, with 0·log 0 = 0. The gradient at ``p_i = 0`` is taken
+  as 0 (the one-sided derivative there is +inf).
+
+  Args:
+    p: probabilities, shape ``[..., n]``.
+    axis: axis or axes of the distribution.
+    base: logarithm base (static); ``None`` for nats.
+    where: elements to include, broadcastable to ``p``.
+
+  Returns:
+    entropy with the ``axis`` dimensions removed.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from xent_jax import info
+    >>> print(info.entropy(jnp.array([[0.5, 0.5], [1.0, 0.0]]), base=2))
+    [1. 0.]
+  """
+  p = _probabilities(p, "p")
+  return _reduce(-xlogy(p, p), axis, where, base)
+
+
+def cross_entropy(
+    p: jax.typing.ArrayLike,
+    q: jax.typing.ArrayLike,
+    *,
+    axis: Axis = -1,
+    base: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cross-entropy H(P, Q) of the model ``q`` under the target ``p``.
+
+  .. math::
+    H(P, Q) = -\sum_i p_i \log_b q_i = H(P) + D_{KL}(P \| Q)
+
+  Seed Eq. 4.2.7. For logits rather than probabilities use the fused
+  :func:`xent_jax.softmax_cross_entropy`.
+
+  Args:
+    p: target probabilities, shape ``[..., n]``.
+    q: model probabilities, broadcastable with ``p``.
+    axis: axis or axes of the distribution.
+    base: logarithm base (static); ``None`` for nats.
+    where: elements to include, broadcastable to ``p``.
+
+  Returns:
+    cross-entropy with the ``axis`` dimensions removed; +inf where q = 0 < p.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from xent_jax import info
+    >>> print(info.cross_entropy(jnp.array([1.0, 0.0]), jnp.array([0.25, 0.75]), base=2))
+    2.0
+  """
+  p, q = _pair(p, q)
+  return _reduce(-xlogy(p, q), axis, where, base)
+
+
+def kl_divergence(
+    p: jax.typing.ArrayLike,
+    q: jax.typing.ArrayLike,
+    *,
+    axis: Axis = -1,
+    base: float | None = None,
+    where: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+  r"""Kullback-Leibler divergence D_KL(P ‖ Q) between probability vectors.
+
+  .. math::
+    D_{KL}(P \| Q) = \sum_i p_i \log_b \frac{p_i}{q_i}
+
+  Seed Eq. 4.2.4–4.2.6; elementwise terms equal ``scipy.special.rel_entr`` for
+  valid probabilities (scipy returns +inf for negative inputs, this returns NaN).
+  Not symmetric. Note the argument order differs from
+  :func:`xent_jax.kl_divergence`, which follows optax: (log_predictions, targets).
+
+  Args:
+    p: target probabilities, shape ``[..., n]``.
+    q: model probabilities, broadcastable with ``p``.
+    axis: axis or axes of the distribution.
+    base: logarithm base (static); ``None`` for nats.
+    where: elements to include, broadcastable to ``p``.
+
+  Returns:
+    the divergence with the ``axis`` dimensions removed; 0 where ``p_i = 0``
+    contributes, +inf where q = 0 < p.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from xent_jax import info
+    >>> print(info.kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]), base=2))
+    0.20751876
+  """
+  p, q = _pair(p, q)
+  nonzero = p != 0
+  safe_p, safe_q = jnp.where(nonzero, p, 1), jnp.where(nonzero, q, 1)
+  terms = jnp.where(nonzero, safe_p * (jnp.log(safe_p) - jnp.log(safe_q)), 0)
+  return _reduce(terms, axis, where, base)
