@@ -25,8 +25,13 @@ def softmax_cross_entropy(z, p, where=None) -> np.ndarray:
 
 
 def integer_cross_entropy(z, labels, where=None) -> np.ndarray:
-  c = np.asarray(z).shape[-1]
-  return softmax_cross_entropy(z, np.eye(c)[labels], where)
+  """logsumexp over the included classes minus the label's logit (read unmasked, as optax)."""
+  z = np.asarray(z, np.float64)
+  label_logit = np.take_along_axis(z, np.asarray(labels)[..., None], -1)[..., 0]
+  lse = special.logsumexp(z if where is None else np.where(where, z, -np.inf), axis=-1)
+  with np.errstate(invalid="ignore"):
+    out = lse - label_logit
+  return out if where is None else np.where(np.any(where, -1), out, 0.0)
 
 
 def softmax_cross_entropy_grad(z, p, where=None) -> np.ndarray:

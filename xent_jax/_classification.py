@@ -56,8 +56,8 @@ def softmax_cross_entropy(
     \qquad \frac{\partial L}{\partial z} = \hat p \sum_i p_i - p
 
   Seed Eq. 4.2.23, 4.2.29–4.2.31, 4.2.37–4.2.40. A ``jax.custom_vjp``: the
-  residuals are the logits as given, the labels, the mask and one logsumexp
-  per example; no softmax is stored, the backward recomputes it. Terms with
+  residuals are the logits as given, the labels, the mask and two scalars
+  per example (the row max M and log Σ exp(z - M)); no softmax is stored, the backward recomputes it. Terms with
   ``p_i = 0`` contribute 0 even where ``z_i = -inf``. Forward-mode autodiff
   (``jax.jacfwd``, ``jax.jvp``) is not supported, as for any custom_vjp;
   ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
@@ -105,8 +105,8 @@ def softmax_cross_entropy_with_integer_labels(
     \qquad \frac{\partial L}{\partial z_k} = \hat p_k - 1\{k = c^*\}
 
   Seed Eq. 4.2.15, 4.2.37–4.2.40. A ``jax.custom_vjp``: the residuals are the
-  logits as given, the labels, the mask and one logsumexp per example; no
-  softmax is stored. Forward-mode autodiff is not supported (custom_vjp);
+  logits as given, the labels, the mask and two scalars per example (M and
+  log Σ exp(z - M)); no softmax is stored. Forward-mode autodiff is not supported (custom_vjp);
   ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
 
   Args:

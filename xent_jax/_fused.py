@@ -5,9 +5,10 @@ there). The forward computes, per row, the shifted logits y = z - M with
 M = max z (Eq. 4.2.35) and log s = log Σ exp(y), and the loss as
 Σ p_i (log s - y_i), which never forms log p̂ = z - logsumexp(z) at the scale of
 z (so large logits lose no precision to cancellation). The residuals are the
-logits as given (no copy, no upcast), the labels, the mask and the per-row
-logsumexp: no N×C softmax is stored. The backward recomputes
-p̂ = exp(z - logsumexp(z)) and returns p̂·Σp - p (Eq. 4.2.29–4.2.31, 4.2.40),
+logits as given (no copy, no upcast), the labels, the mask and, per row, M and
+log s: no N×C softmax is stored. The backward recomputes p̂ = exp((z - M) - log s)
+(kept apart rather than as z - logsumexp(z), which would lose the low bits of
+log s next to a large M) and returns p̂·Σp - p (Eq. 4.2.29–4.2.31, 4.2.40),
 which is plain differentiable JAX so ``jax.hessian`` works.
 """
 
@@ -27,17 +28,22 @@ def _shifted(x: jax.Array, mask: jax.Array | None):
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
   y = x - m
   log_s = jnp.log(jnp.sum(jnp.exp(y), axis=-1, keepdims=True))
-  return y, log_s, m + log_s
+  return y, log_s, m
 
 
 def _rows_kept(mask: jax.Array | None) -> jax.Array | bool:
   return True if mask is None else jnp.any(mask, axis=-1)
 
 
-def _softmax(logits: jax.Array, mask: jax.Array | None, lse: jax.Array) -> jax.Array:
-  """p̂ recomputed from the logits and the saved logsumexp; 0 on masked classes."""
-  x = logits.astype(lse.dtype)
-  p_hat = jnp.exp(x - lse)
+def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
+  """-log p̂ = log s - (z - M) recomputed from the logits; 0 on masked classes."""
+  nll = log_s - (logits.astype(m.dtype) - m)
+  return nll if mask is None else jnp.where(mask, nll, 0)
+
+
+def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
+  """p̂ = exp((z - M) - log s) recomputed from the logits; 0 on masked classes."""
+  p_hat = jnp.exp((logits.astype(m.dtype) - m) - log_s)
   return p_hat if mask is None else jnp.where(mask, p_hat, 0)
 
 
@@ -47,12 +53,15 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, lse: jax.Array) -> jax.A
 def _int_forward(logits, labels, mask):
   x = logits.astype(_checks.compute_dtype(logits.dtype))
   num_classes = x.shape[-1]
-  y, log_s, lse = _shifted(x, mask)
+  _, log_s, m = _shifted(x, mask)
   in_range = (labels >= 0) & (labels < num_classes)
   index = jnp.clip(labels, 0, num_classes - 1)[..., None]
-  loss = log_s[..., 0] - jnp.take_along_axis(y, index, axis=-1)[..., 0]
+  # As optax: the label's logit is read unmasked, so a label on a masked class
+  # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
+  label_logit = jnp.take_along_axis(x, index, axis=-1)
+  loss = (log_s - (label_logit - m))[..., 0]
   loss = jnp.where(in_range, loss, jnp.nan)
-  return jnp.where(_rows_kept(mask), loss, 0), lse
+  return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
 
 
 @jax.custom_vjp
@@ -62,13 +71,13 @@ def fused_integer_labels(logits: jax.Array, labels: jax.Array, mask: jax.Array |
 
 
 def _int_fwd(logits, labels, mask):
-  loss, lse = _int_forward(logits, labels, mask)
-  return loss, (logits, labels, mask, lse)
+  loss, stats = _int_forward(logits, labels, mask)
+  return loss, (logits, labels, mask, stats)
 
 
 def _int_bwd(res, ct):
-  logits, labels, mask, lse = res
-  p_hat = _softmax(logits, mask, lse)
+  logits, labels, mask, (m, log_s) = res
+  p_hat = _softmax(logits, mask, m, log_s)
   classes = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
   grad = p_hat - (classes == labels[..., None]).astype(p_hat.dtype)
   in_range = (labels >= 0) & (labels < p_hat.shape[-1])
@@ -85,11 +94,11 @@ fused_integer_labels.defvjp(_int_fwd, _int_bwd)
 
 def _soft_forward(logits, labels, mask):
   x = logits.astype(labels.dtype)
-  y, log_s, lse = _shifted(x, mask)
+  y, log_s, m = _shifted(x, mask)
   keep = labels != 0 if mask is None else mask & (labels != 0)
   loss = jnp.sum(jnp.where(keep, labels * (log_s - y), 0), axis=-1)
   loss = jnp.where(jnp.any(labels < 0, axis=-1), jnp.nan, loss)
-  return jnp.where(_rows_kept(mask), loss, 0), lse
+  return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
 
 
 @jax.custom_vjp
@@ -99,18 +108,17 @@ def fused_soft_labels(logits: jax.Array, labels: jax.Array, mask: jax.Array | No
 
 
 def _soft_fwd(logits, labels, mask):
-  loss, lse = _soft_forward(logits, labels, mask)
-  return loss, (logits, labels, mask, lse)
+  loss, stats = _soft_forward(logits, labels, mask)
+  return loss, (logits, labels, mask, stats)
 
 
 def _soft_bwd(res, ct):
-  logits, labels, mask, lse = res
-  p_hat = _softmax(logits, mask, lse)
+  logits, labels, mask, (m, log_s) = res
+  p_hat = _softmax(logits, mask, m, log_s)
   p = labels if mask is None else jnp.where(mask, labels, 0)
   total = jnp.sum(p, axis=-1, keepdims=True)
   grad_logits = p_hat * total - p
-  neg_log_p_hat = lse - logits.astype(lse.dtype)
-  grad_labels = neg_log_p_hat if mask is None else jnp.where(mask, neg_log_p_hat, 0)
+  grad_labels = _neg_log_softmax(logits, mask, m, log_s)
   bad = jnp.any(labels < 0, axis=-1, keepdims=True)
   kept = jnp.expand_dims(_rows_kept(mask), -1)
   scale = ct[..., None]
