@@ -2,7 +2,7 @@
 
 from jax.nn import log_softmax, logsumexp, softmax
 
-from xent_jax import closed_forms, info
+from xent_jax import closed_forms, derivations, info
 from xent_jax._classification import (
     binary_cross_entropy,
     kl_divergence,
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "binary_cross_entropy",
     "closed_forms",
+    "derivations",
     "info",
     "kl_divergence",
     "kl_divergence_with_log_targets",
