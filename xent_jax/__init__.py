@@ -13,22 +13,36 @@ from xent_jax._classification import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
+from xent_jax._contrastive import (
+    attention_weights,
+    info_nce,
+    mutual_information_lower_bound,
+    ntxent,
+    sigmoid_contrastive,
+    supervised_contrastive,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention_weights",
     "binary_cross_entropy",
     "closed_forms",
     "derivations",
     "info",
+    "info_nce",
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "log_softmax",
     "logsumexp",
     "mse_on_probabilities",
+    "mutual_information_lower_bound",
+    "ntxent",
     "safe_softmax_cross_entropy",
     "sigmoid_binary_cross_entropy",
+    "sigmoid_contrastive",
     "softmax",
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
+    "supervised_contrastive",
 ]

@@ -29,6 +29,7 @@ import optax
 
 from xent_jax import _classification as losses
 from xent_jax import _closed_forms as cf
+from xent_jax import _contrastive as contrastive
 from xent_jax import _info as info
 
 C = 8  # classes
@@ -508,6 +509,28 @@ def _(rng, dtype):
   per_sample = losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels))
   reference = float(np.mean(-_np_log_softmax(z)[np.arange(N), labels]))
   return max(error(jnp.mean(per_sample), reference), error(jnp.sum(per_sample) / N, reference)), ulps(dtype, 2 * C + N)
+
+
+# 4.4 (announced): InfoNCE and attention share the softmax ------------------------------
+
+
+@check("4.4", "InfoNCE over similarity scores = integer-label CE on scores/τ with the positive's index")
+def _(rng, dtype):
+  q, k = _logits(rng, (N, C), dtype, 1.0), _logits(rng, (N, C), dtype, 1.0)
+  unit = lambda x: _f64(x) / np.linalg.norm(_f64(x), axis=-1, keepdims=True)
+  scores = unit(q) @ unit(k).T / 0.2
+  reference = -_np_log_softmax(scores)[np.arange(N), np.arange(N)]
+  via_ce = losses.softmax_cross_entropy_with_integer_labels(jnp.asarray(scores, dtype), jnp.arange(N))
+  return max(error(contrastive.info_nce(q, k, temperature=0.2), reference), error(via_ce, reference)), ulps(dtype, 8 * N)
+
+
+@check("4.4", "with τ = √d_k, InfoNCE = -log of the attention weight softmax(QKᵀ/√d_k) on the positive")
+def _(rng, dtype):
+  q, k = _logits(rng, (N, C), dtype, 1.0), _logits(rng, (N, C), dtype, 1.0)
+  weights = contrastive.attention_weights(q, k)
+  loss = contrastive.info_nce(q, k, temperature=math.sqrt(C), normalize=False)
+  reference = -_np_log_softmax(_f64(q) @ _f64(k).T / math.sqrt(C))[np.arange(N), np.arange(N)]
+  return max(error(loss, reference), error(loss, -np.log(np.diag(_f64(weights))))), ulps(dtype, 8 * N)
 
 
 # Running ------------------------------------------------------------------------------
