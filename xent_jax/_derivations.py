@@ -539,9 +539,13 @@ DTYPES = (jnp.float32, jnp.float64)
 
 
 def run_check(chk: Check, dtype, seed: int = 0) -> CheckResult:
-  """Runs one check in one dtype (float64 under ``jax.enable_x64``)."""
+  """Runs one check in one dtype (float64 under ``jax.enable_x64``).
+
+  Matrix products run at full precision (GPUs default to TF32 for float32
+  matmuls, which would measure the hardware's rounding, not the mathematics).
+  """
   rng = np.random.default_rng(seed)
-  with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
+  with jax.enable_x64(jnp.dtype(dtype) == jnp.float64), jax.default_matmul_precision("highest"):
     err, tol = chk.run(rng, dtype)
   return CheckResult(chk.equation, chk.claim, jnp.dtype(dtype).name, float(err), float(tol), bool(err <= tol), chk.note)
 
