@@ -93,6 +93,16 @@ def broadcast_arg(x: jax.Array, shape: tuple[int, ...], name: str, target: str) 
   return jnp.broadcast_to(x, shape)
 
 
+def broadcast_pair(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> tuple[jax.Array, jax.Array]:
+  """Both arrays broadcast to their joint shape in the compute dtype; a ValueError names both."""
+  try:
+    shape = jnp.broadcast_shapes(a.shape, b.shape)
+  except ValueError:
+    raise ValueError(f"`{names[0]}` of shape {a.shape} and `{names[1]}` of shape {b.shape} do not broadcast.") from None
+  dtype = compute_dtype(a.dtype, b.dtype)
+  return jnp.broadcast_to(a, shape).astype(dtype), jnp.broadcast_to(b, shape).astype(dtype)
+
+
 def log_base_scale(base: float | None) -> float | None:
   """1 / ln(base) for a static log base, None for nats; validates the base."""
   if base is None:

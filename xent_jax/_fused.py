@@ -47,6 +47,21 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax
   return p_hat if mask is None else jnp.where(mask, p_hat, 0)
 
 
+def _fused_loss(forward, backward):
+  """A custom_vjp of (logits, labels, mask) saving the inputs and forward's row statistics."""
+
+  @jax.custom_vjp
+  def loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return forward(logits, labels, mask)[0]
+
+  def fwd(logits, labels, mask):
+    value, stats = forward(logits, labels, mask)
+    return value, (logits, labels, mask, stats)
+
+  loss.defvjp(fwd, backward)
+  return loss
+
+
 # Integer labels: L = logsumexp(z) - z_c (Eq. 4.2.37–4.2.38).
 
 
@@ -64,17 +79,6 @@ def _int_forward(logits, labels, mask):
   return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
 
 
-@jax.custom_vjp
-def fused_integer_labels(logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Per-row logsumexp(z) - z[label] over the last axis; NaN for labels out of range."""
-  return _int_forward(logits, labels, mask)[0]
-
-
-def _int_fwd(logits, labels, mask):
-  loss, stats = _int_forward(logits, labels, mask)
-  return loss, (logits, labels, mask, stats)
-
-
 def _int_bwd(res, ct):
   logits, labels, mask, (m, log_s) = res
   p_hat = _softmax(logits, mask, m, log_s)
@@ -86,7 +90,8 @@ def _int_bwd(res, ct):
   return grad.astype(logits.dtype), None, None
 
 
-fused_integer_labels.defvjp(_int_fwd, _int_bwd)
+# Per-row logsumexp(z) - z[label] over the last axis; NaN for labels out of range.
+fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
 
 
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
@@ -99,17 +104,6 @@ def _soft_forward(logits, labels, mask):
   loss = jnp.sum(jnp.where(keep, labels * (log_s - y), 0), axis=-1)
   loss = jnp.where(jnp.any(labels < 0, axis=-1), jnp.nan, loss)
   return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
-
-
-@jax.custom_vjp
-def fused_soft_labels(logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Per-row Σ p·(logsumexp(z) - z) over the last axis; NaN for negative targets."""
-  return _soft_forward(logits, labels, mask)[0]
-
-
-def _soft_fwd(logits, labels, mask):
-  loss, stats = _soft_forward(logits, labels, mask)
-  return loss, (logits, labels, mask, stats)
 
 
 def _soft_bwd(res, ct):
@@ -130,4 +124,5 @@ def _soft_bwd(res, ct):
   return finish(grad_logits, logits.dtype), finish(grad_labels, labels.dtype), None
 
 
-fused_soft_labels.defvjp(_soft_fwd, _soft_bwd)
+# Per-row Σ p·(logsumexp(z) - z) over the last axis; NaN for negative targets.
+fused_soft_labels = _fused_loss(_soft_forward, _soft_bwd)

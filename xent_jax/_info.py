@@ -23,13 +23,7 @@ def _probabilities(p: jax.typing.ArrayLike, name: str) -> jax.Array:
 
 
 def _pair(p, q) -> tuple[jax.Array, jax.Array]:
-  p, q = _probabilities(p, "p"), _probabilities(q, "q")
-  try:
-    shape = jnp.broadcast_shapes(p.shape, q.shape)
-  except ValueError:
-    raise ValueError(f"`p` of shape {p.shape} and `q` of shape {q.shape} do not broadcast.") from None
-  dtype = jnp.result_type(p.dtype, q.dtype)
-  return jnp.broadcast_to(p, shape).astype(dtype), jnp.broadcast_to(q, shape).astype(dtype)
+  return _checks.broadcast_pair(_probabilities(p, "p"), _probabilities(q, "q"), ("p", "q"))
 
 
 def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -173,8 +167,8 @@ def kl_divergence(
   Examples:
     >>> import jax.numpy as jnp
     >>> from xent_jax import info
-    >>> print(info.kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]), base=2))
-    0.20751876
+    >>> print(round(float(info.kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]), base=2)), 6))
+    0.207519
   """
   p, q = _pair(p, q)
   nonzero = p != 0
