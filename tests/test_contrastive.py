@@ -220,3 +220,22 @@ BAD = [
 def test_static_faults(case, call, error, name):
   with pytest.raises(error, match=f"`{name}`"):
     jax.eval_shape(call)
+
+
+RELATIVES = {
+    "ntxent": lambda e, y: xent_jax.ntxent(e, y),
+    "supervised_contrastive": lambda e, y: xent_jax.supervised_contrastive(e, y),
+    "sigmoid_contrastive": lambda e, y: xent_jax.sigmoid_contrastive(e, jnp.roll(e, 1, axis=1)),
+    "attention_weights": lambda e, y: xent_jax.attention_weights(e, jnp.roll(e, 1, axis=0)),
+}
+
+
+@pytest.mark.parametrize("name", list(RELATIVES))
+def test_relatives_under_jit_and_vmap(name):
+  rng = np.random.default_rng(33)
+  e = rng.normal(size=(3, B, D)).astype(np.float32)
+  y = np.array([[0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0], [3, 3, 3, 0, 0, 1]])
+  fn = RELATIVES[name]
+  eager = np.stack([fn(e[i], y[i]) for i in range(3)])
+  chex.assert_trees_all_close(jax.jit(fn)(e[0], y[0]), eager[0], atol=1e-6)
+  chex.assert_trees_all_close(jax.vmap(fn)(e, y), eager, atol=1e-6)

@@ -57,8 +57,9 @@ def softmax_cross_entropy(
 
   Seed Eq. 4.2.23, 4.2.29–4.2.31, 4.2.37–4.2.40. A ``jax.custom_vjp``: the
   residuals are the logits as given, the labels, the mask and two scalars
-  per example (the row max M and log Σ exp(z - M)); no softmax is stored, the backward recomputes it. Terms with
-  ``p_i = 0`` contribute 0 even where ``z_i = -inf``. Forward-mode autodiff
+  per example (the row max M and log Σ exp(z - M)); no softmax is stored, the
+  backward recomputes it. Terms with ``p_i = 0`` contribute 0 even where
+  ``z_i = -inf``. Forward-mode autodiff
   (``jax.jacfwd``, ``jax.jvp``) is not supported, as for any custom_vjp;
   ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
 
@@ -106,8 +107,8 @@ def softmax_cross_entropy_with_integer_labels(
 
   Seed Eq. 4.2.15, 4.2.37–4.2.40. A ``jax.custom_vjp``: the residuals are the
   logits as given, the labels, the mask and two scalars per example (M and
-  log Σ exp(z - M)); no softmax is stored. Forward-mode autodiff is not supported (custom_vjp);
-  ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
+  log Σ exp(z - M)); no softmax is stored. Forward-mode autodiff is not
+  supported (custom_vjp); ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
 
   Args:
     logits: unnormalised log-probabilities, shape ``[..., num_classes]``.

@@ -33,6 +33,13 @@ def _same_width(d: int, other: jax.Array, name: str) -> None:
     raise ValueError(f"`{name}` has embedding dimension {other.shape[-1]}; expected {d}, the query's.")
 
 
+def _labels_per_row(labels: ArrayLike, e: jax.Array) -> jax.Array:
+  y = _checks.as_integer(labels, "labels")
+  if y.shape != e.shape[:1]:
+    raise ValueError(f"`labels` has shape {y.shape}; expected ({e.shape[0]},), one per embedding.")
+  return y
+
+
 def _normalize(x: jax.Array) -> jax.Array:
   x32 = x.astype(_checks.compute_dtype(x.dtype))
   norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
@@ -173,9 +180,7 @@ def supervised_contrastive(
     [0.3146 0.3424 0.    ]
   """
   e = _embeddings(embeddings, "embeddings", 2)
-  y = _checks.as_integer(labels, "labels")
-  if y.shape != e.shape[:1]:
-    raise ValueError(f"`labels` has shape {y.shape}; expected ({e.shape[0]},), one per embedding.")
+  y = _labels_per_row(labels, e)
   if normalize:
     e = _normalize(e)
   logits = _scores(e, e, "id,jd->ij") * _logit_scale(temperature)
@@ -214,10 +219,9 @@ def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.
     0.0
   """
   e = _embeddings(embeddings, "embeddings", 2)
-  y = _checks.as_integer(labels, "labels")
-  if y.shape != e.shape[:1]:
-    raise ValueError(f"`labels` has shape {y.shape}; expected ({e.shape[0]},), one per embedding.")
-  s = _scores(_normalize(e), _normalize(e), "id,jd->ij") * _logit_scale(temperature)
+  y = _labels_per_row(labels, e)
+  u = _normalize(e)
+  s = _scores(u, u, "id,jd->ij") * _logit_scale(temperature)
   same = y[:, None] == y[None, :]
   positive = same & ~jnp.eye(e.shape[0], dtype=bool)
   lse_negatives = jax.nn.logsumexp(jnp.where(same, -jnp.inf, s), axis=-1, keepdims=True)
