@@ -52,3 +52,35 @@ def sigmoid_bce(z, y) -> np.ndarray:
 
 def softmax(z) -> np.ndarray:
   return special.softmax(np.asarray(z, np.float64), axis=-1)
+
+
+def torch_cross_entropy(z, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+  """torch.nn.functional.cross_entropy's documented formulas on (N, C) inputs, and ∂/∂z.
+
+  Class indices: ℓ_n = (1-ε) w_{y_n} (-log p̂_{n,y_n}) + (ε/C) Σ_c w_c (-log p̂_{n,c}),
+  0 where y_n = ignore_index; "mean" divides by Σ_{n not ignored} w_{y_n}.
+  Probabilities: ℓ_n = -Σ_c w_c ((1-ε) y_{n,c} + ε/C) log p̂_{n,c}; "mean" divides by N.
+  Each ℓ_n is -Σ_c q_{n,c} log p̂_{n,c}, so ∂ℓ_n/∂z_n = p̂_n Σ_c q_{n,c} - q_n.
+  """
+  z = np.asarray(z, np.float64)
+  n, c = z.shape
+  w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
+  eps = label_smoothing
+  target = np.asarray(target)
+  if np.issubdtype(target.dtype, np.integer):
+    ignored = target == ignore_index
+    y = np.where(ignored, 0, target)
+    q = (1 - eps) * w[y][:, None] * np.eye(c)[y] + eps / c * w[None, :]
+    q = np.where(ignored[:, None], 0.0, q)
+    denominator = np.sum(np.where(ignored, 0.0, w[y]))
+  else:
+    q = w[None, :] * ((1 - eps) * target.astype(np.float64) + eps / c)
+    denominator = n
+  log_p = log_softmax(z)
+  per = -np.sum(q * log_p, axis=-1)
+  grad = np.exp(log_p) * q.sum(-1, keepdims=True) - q
+  if reduction == "none":
+    return per, grad
+  if reduction == "sum":
+    return per.sum(), grad
+  return per.sum() / denominator, grad / denominator

@@ -121,19 +121,3 @@ def test_float64_with_x64():
     got = info.entropy(jnp.asarray(p))
     assert got.dtype == jnp.float64
   np.testing.assert_allclose(got, special.entr(p).sum(), rtol=1e-12)
-
-
-@pytest.mark.parametrize("base", [0, -2.0, 1, 1.0, float("inf")])
-def test_bad_base_raises(base):
-  with pytest.raises(ValueError, match="`base`"):
-    info.entropy(np.array([0.5, 0.5], np.float32), base=base)
-
-
-def test_traced_base_raises():
-  with pytest.raises(TypeError, match="`base`"):
-    jax.jit(lambda b: info.entropy(np.array([0.5, 0.5], np.float32), base=b))(2.0)
-
-
-def test_integer_probabilities_raise():
-  with pytest.raises(TypeError, match="`p`"):
-    info.entropy(np.array([1, 0]))

@@ -13,6 +13,7 @@ from xent_jax._classification import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
+from xent_jax._pytorch import cross_entropy
 from xent_jax._contrastive import (
     attention_weights,
     info_nce,
@@ -28,6 +29,7 @@ __all__ = [
     "attention_weights",
     "binary_cross_entropy",
     "closed_forms",
+    "cross_entropy",
     "derivations",
     "info",
     "info_nce",

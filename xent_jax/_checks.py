@@ -74,13 +74,17 @@ def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   return x.reshape(x.shape[: len(batch)] + (-1,))
 
 
+def fits(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
+  """Whether ``shape`` broadcasts to exactly ``target_shape``."""
+  try:
+    return jnp.broadcast_shapes(shape, target_shape) == tuple(target_shape)
+  except ValueError:
+    return False
+
+
 def check_broadcastable(shape: tuple[int, ...], target_shape: tuple[int, ...], name: str, target: str) -> None:
   """Raises a ValueError naming both arguments unless ``shape`` broadcasts to ``target_shape``."""
-  try:
-    ok = jnp.broadcast_shapes(shape, target_shape) == tuple(target_shape)
-  except ValueError:
-    ok = False
-  if not ok:
+  if not fits(shape, target_shape):
     raise ValueError(
         f"`{name}` has shape {shape}, which does not broadcast to {target}'s"
         f" shape {tuple(target_shape)}."
@@ -119,3 +123,33 @@ def log_base_scale(base: float | None) -> float | None:
 def rescale(x: jax.Array, scale: float | None) -> jax.Array:
   """Converts nats to the unit of ``scale`` (see ``log_base_scale``)."""
   return x if scale is None else x * scale
+
+
+def static_number(value, name: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
+  """A static Python number in [low, high] (or (low, high]); ValueError/TypeError naming it."""
+  try:
+    v = float(value)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    raise TypeError(f"`{name}` must be a static Python number, got {type(value).__name__}.") from None
+  if not (low < v if low_open else low <= v) or not v <= high or math.isnan(v):
+    interval = f"{'(' if low_open else '['}{low}, {high}]"
+    raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+  return v
+
+
+def static_index(value, name: str) -> int | None:
+  """A static Python int or None; TypeError naming it otherwise."""
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"`{name}` must be a Python int or None, got {type(value).__name__}.")
+  return int(value)
+
+
+def nan_where(bad: jax.Array, x: jax.Array) -> jax.Array:
+  """``x`` with NaN where ``bad`` (a data fault), broadcast to their joint shape.
+
+  The NaN enters through an ``add``, not a ``select``, so that
+  ``jax.experimental.checkify`` with ``float_checks`` reports it.
+  """
+  return x + jnp.where(bad, jnp.nan, 0).astype(x.dtype)

@@ -33,8 +33,10 @@ def _logits_and_mask(logits: ArrayLike, axis: Axis, where: ArrayLike | None):
   mask = None
   if where is not None:
     where = jnp.asarray(where, bool)
-    if where.ndim != logits.ndim:
-      where = jnp.expand_dims(where, axes) if where.ndim == len(batch_shape) else where
+    if where.ndim == len(batch_shape) != logits.ndim and _checks.fits(where.shape, batch_shape):
+      where = jnp.expand_dims(where, axes)  # a mask of the batch shape
+    elif where.ndim < logits.ndim:
+      where = where.reshape((1,) * (logits.ndim - where.ndim) + where.shape)
     _checks.check_broadcastable(where.shape, logits.shape, "where", "logits")
     per_class = any(where.shape[a] != 1 for a in axes)
     shape = logits.shape if per_class else tuple(1 if a in axes else n for a, n in enumerate(logits.shape))
@@ -90,7 +92,7 @@ def softmax_cross_entropy(
   logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
   labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
   p = _checks.classes_last(labels, axes).astype(_checks.compute_dtype(x.dtype, labels.dtype))
-  return _fused.fused_soft_labels(x, p, mask).reshape(batch_shape)
+  return _fused.fused_soft_labels(None, x, p, mask).reshape(batch_shape)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -98,6 +100,11 @@ def softmax_cross_entropy_with_integer_labels(
     labels: ArrayLike,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    *,
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
 ) -> jax.Array:
   r"""Fused softmax cross-entropy with integer class labels.
 
@@ -105,10 +112,22 @@ def softmax_cross_entropy_with_integer_labels(
     L = -\log \hat p_{c^*} = \operatorname{logsumexp}(z) - z_{c^*},
     \qquad \frac{\partial L}{\partial z_k} = \hat p_k - 1\{k = c^*\}
 
-  Seed Eq. 4.2.15, 4.2.37–4.2.40. A ``jax.custom_vjp``: the residuals are the
-  logits as given, the labels, the mask and two scalars per example (M and
-  log Σ exp(z - M)); no softmax is stored. Forward-mode autodiff is not
-  supported (custom_vjp); ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
+  Seed Eq. 4.2.15, 4.2.37–4.2.40. With the keyword-only options (PyTorch's
+  meaning, per example) the loss is
+
+  .. math::
+    L = (1-\varepsilon)\, w_{c^*} (\operatorname{lse} - z_{c^*})
+      + \frac{\varepsilon}{K} \sum_{i \in \text{allowed}} w_i (\operatorname{lse} - z_i)
+      + \zeta \operatorname{lse}^2,
+
+  the soft-label loss of ``q = (1-ε) w_c e_c + (ε/K) w`` plus PaLM's z-loss,
+  with gradient ``p̂ (Σq + 2ζ lse) - q``. K is the number of classes allowed by
+  ``where`` (all of them without it): smoothing puts no mass on masked
+  classes, so the loss stays finite where they are ``-inf``. A
+  ``jax.custom_vjp``: the residuals are the logits as given, the labels, the
+  weights, the mask and two scalars per example (M and log Σ exp(z - M)); no
+  softmax is stored. Forward-mode autodiff is not supported (custom_vjp);
+  ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
 
   Args:
     logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
@@ -117,10 +136,17 @@ def softmax_cross_entropy_with_integer_labels(
     axis: class axis or axes.
     where: elements to include, of the logits' shape or the batch shape. Rows
       with nothing included have loss 0 and gradient 0.
+    class_weights: weight w_i of each class, shape ``[num_classes]`` (the
+      flattened class axes); differentiable.
+    ignore_index: a label value whose examples get loss 0 and gradient 0
+      (PyTorch uses -100); ``None`` ignores nothing.
+    label_smoothing: ε in [0, 1], static.
+    z_loss: ζ ≥ 0, the weight of log²Z (PaLM uses 1e-4), static.
 
   Returns:
     per-example losses of the batch shape, float32 for 16-bit logits; NaN for
-    an example whose label is outside ``[0, num_classes)``.
+    an example whose label is outside ``[0, num_classes)`` and not
+    ``ignore_index``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -129,9 +155,14 @@ def softmax_cross_entropy_with_integer_labels(
     >>> logits = jnp.array([[1.2, -0.8, -0.5], [0.9, -1.2, 1.1]])
     >>> print(xent_jax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 1])))
     [0.2761 2.9518]
+    >>> print(xent_jax.softmax_cross_entropy_with_integer_labels(
+    ...     logits, jnp.array([0, -100]), ignore_index=-100, label_smoothing=0.1))
+    [0.3995 0.    ]
 
   References:
-    optax.losses.softmax_cross_entropy_with_integer_labels.
+    optax.losses.softmax_cross_entropy_with_integer_labels;
+    ``torch.nn.functional.cross_entropy`` (weight, ignore_index,
+    label_smoothing); Chowdhery et al., PaLM (2022), the z-loss.
   """
   _, x, mask, _, batch_shape = _logits_and_mask(logits, axis, where)
   labels = _checks.as_integer(labels, "labels")
@@ -140,7 +171,21 @@ def softmax_cross_entropy_with_integer_labels(
         f"`labels` has shape {labels.shape}; expected the logits' shape without"
         f" the class axes, {batch_shape}."
     )
-  return _fused.fused_integer_labels(x, labels, mask)
+  options = _fused.IntegerOptions(
+      label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
+      z_loss=_checks.static_number(z_loss, "z_loss", low=0.0),
+      ignore_index=_checks.static_index(ignore_index, "ignore_index"),
+  )
+  weights = None if class_weights is None else class_weight_vector(class_weights, x.shape[-1], "class_weights")
+  return _fused.fused_integer_labels(options, x, labels, weights, mask)
+
+
+def class_weight_vector(weights: ArrayLike, num_classes: int, name: str) -> jax.Array:
+  """Validated per-class weights of shape (num_classes,)."""
+  weights = _checks.as_floating(weights, name)
+  if weights.shape != (num_classes,):
+    raise ValueError(f"`{name}` must have shape ({num_classes},), one weight per class, got {weights.shape}.")
+  return weights
 
 
 def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -169,13 +214,18 @@ def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Arra
   return softmax_cross_entropy(logits, labels)
 
 
-def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
+def sigmoid_binary_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    pos_weight: ArrayLike | None = None,
+) -> jax.Array:
   r"""Elementwise binary cross-entropy of sigmoid logits.
 
   .. math::
-    L = -[y \log \sigma(z) + (1-y) \log(1-\sigma(z))]
-      = y\,\mathrm{softplus}(-z) + (1-y)\,\mathrm{softplus}(z),
-    \qquad \frac{\partial L}{\partial z} = \sigma(z) - y
+    L = -[w_+ y \log \sigma(z) + (1-y) \log(1-\sigma(z))]
+      = w_+ y\,\mathrm{softplus}(-z) + (1-y)\,\mathrm{softplus}(z),
+    \qquad \frac{\partial L}{\partial z} = \sigma(z)(w_+ y + 1 - y) - w_+ y
 
   Seed Eq. 4.2.11, 4.2.19–4.2.22. A term whose weight (y or 1 - y) is 0 is 0,
   so ``z = +inf`` with ``y = 1`` (and ``-inf`` with ``0``) gives loss 0 and
@@ -185,6 +235,10 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Ar
   Args:
     logits: logits of the positive class, any shape.
     labels: targets in [0, 1] broadcastable to ``logits``.
+    pos_weight: w₊, the weight of the positive term, broadcastable to
+      ``logits`` (one per class on the last axis, as
+      ``torch.nn.functional.binary_cross_entropy_with_logits``'s
+      ``pos_weight``); ``None`` is 1.
 
   Returns:
     losses of the logits' shape, float32 for 16-bit logits.
@@ -200,7 +254,12 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Ar
   y = _checks.broadcast_arg(jnp.asarray(labels), z.shape, "labels", "logits")
   dtype = _checks.compute_dtype(z.dtype, y.dtype)
   z, y = z.astype(dtype), y.astype(dtype)
-  pos = jnp.where(y != 0, y * jax.nn.softplus(-z), 0)
+  if pos_weight is not None:
+    w = _checks.as_floating(pos_weight, "pos_weight")
+    y_pos = y * _checks.broadcast_arg(w, z.shape, "pos_weight", "logits").astype(dtype)
+  else:
+    y_pos = y
+  pos = jnp.where(y_pos != 0, y_pos * jax.nn.softplus(-z), 0)
   neg = jnp.where(y != 1, (1 - y) * jax.nn.softplus(z), 0)
   return pos + neg
 
@@ -235,7 +294,7 @@ def binary_cross_entropy(probabilities: ArrayLike, labels: ArrayLike) -> jax.Arr
   y = _checks.broadcast_arg(jnp.asarray(labels), p.shape, "labels", "probabilities")
   dtype = _checks.compute_dtype(p.dtype, y.dtype)
   p, y = p.astype(dtype), y.astype(dtype)
-  p = jnp.where((p >= 0) & (p <= 1), p, jnp.nan)
+  p = _checks.nan_where(~((p >= 0) & (p <= 1)), p)
   pos = jnp.where(y != 0, y * jnp.log(jnp.where(y != 0, p, 1)), 0)
   neg = jnp.where(y != 1, (1 - y) * jnp.log1p(-jnp.where(y != 1, p, 0)), 0)
   return -(pos + neg)

@@ -14,6 +14,9 @@ which is plain differentiable JAX so ``jax.hessian`` works.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -48,65 +51,138 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax
 
 
 def _fused_loss(forward, backward):
-  """A custom_vjp of (logits, labels, mask) saving the inputs and forward's row statistics."""
+  """A custom_vjp of (options, logits, *arrays) saving the inputs and forward's row statistics.
 
-  @jax.custom_vjp
-  def loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-    return forward(logits, labels, mask)[0]
+  ``options`` is static (hashable, ``nondiff_argnums``); the arrays are
+  ordinary arguments whose cotangents the backward returns (``None`` for
+  integer labels and masks).
+  """
 
-  def fwd(logits, labels, mask):
-    value, stats = forward(logits, labels, mask)
-    return value, (logits, labels, mask, stats)
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def loss(options, logits: jax.Array, *arrays: jax.Array | None) -> jax.Array:
+    return forward(options, logits, *arrays)[0]
+
+  def fwd(options, logits, *arrays):
+    value, stats = forward(options, logits, *arrays)
+    return value, (logits, *arrays, stats)
 
   loss.defvjp(fwd, backward)
   return loss
 
 
-# Integer labels: L = logsumexp(z) - z_c (Eq. 4.2.37–4.2.38).
+class IntegerOptions(NamedTuple):
+  """Static options of the integer-label kernel (see ``fused_integer_labels``)."""
+
+  label_smoothing: float = 0.0
+  z_loss: float = 0.0
+  ignore_index: int | None = None
 
 
-def _int_forward(logits, labels, mask):
+# Integer labels (Eq. 4.2.37–4.2.38) with optional class weights w, label
+# smoothing ε over the K allowed classes and a z-loss ζ (PaLM's log²Z):
+#   L = (1-ε) w_c (lse - z_c) + (ε/K) Σ_allowed w_i (lse - z_i) + ζ lse²,
+# which is the soft-label loss of q = (1-ε) w_c e_c + (ε/K) w·allowed plus ζ lse²,
+# so ∂L/∂z = p̂ (Σq + 2ζ lse) - q (Eq. 4.2.40). ε, ζ and the ignore index are
+# static; nothing N×C is stored.
+
+
+def _label_terms(options, labels, weights, num_classes):
+  """Per-row validity, ignore flags, clipped index and label weight w_c."""
+  in_range = (labels >= 0) & (labels < num_classes)
+  ignored = jnp.zeros_like(in_range) if options.ignore_index is None else labels == options.ignore_index
+  index = jnp.clip(labels, 0, num_classes - 1)
+  w_c = None if weights is None else weights[index]
+  return in_range | ignored, ignored, index, w_c
+
+
+def _smoothing_weights(weights, mask, dtype, num_classes, ndim):
+  """w/K on the allowed classes (1/K without weights), 0 on masked ones; K = #allowed."""
+  lead = (1,) * (ndim - 1)
+  w = jnp.ones(lead + (1,), dtype) if weights is None else weights.astype(dtype).reshape(lead + (num_classes,))
+  if mask is None:
+    return w / num_classes
+  k = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(dtype)
+  return jnp.where(mask, w, 0) / k
+
+
+def _label_nll(x, index, m, log_s):
+  """lse(z) - z_c per row, from the unmasked logits (optax's reading of a masked label)."""
+  return (log_s - (jnp.take_along_axis(x, index[..., None], axis=-1) - m))[..., 0]
+
+
+def _int_forward(options, logits, labels, weights, mask):
   x = logits.astype(_checks.compute_dtype(logits.dtype))
   num_classes = x.shape[-1]
-  _, log_s, m = _shifted(x, mask)
-  in_range = (labels >= 0) & (labels < num_classes)
-  index = jnp.clip(labels, 0, num_classes - 1)[..., None]
+  y, log_s, m = _shifted(x, mask)
+  valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
-  label_logit = jnp.take_along_axis(x, index, axis=-1)
-  loss = (log_s - (label_logit - m))[..., 0]
-  loss = jnp.where(in_range, loss, jnp.nan)
-  return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
+  loss = _label_nll(x, index, m, log_s)
+  if w_c is not None:
+    loss = w_c.astype(x.dtype) * loss
+  eps = options.label_smoothing
+  if eps:
+    w = _smoothing_weights(weights, mask, x.dtype, num_classes, x.ndim)
+    smooth = jnp.sum(jnp.where(w != 0, w * (log_s - y), 0), axis=-1)
+    loss = (1 - eps) * loss + eps * smooth
+  if options.z_loss:
+    loss = loss + options.z_loss * jnp.square(m + log_s)[..., 0]
+  loss = _checks.nan_where(~valid, loss)
+  return jnp.where(_rows_kept(mask) & ~ignored, loss, 0), (m, log_s)
 
 
-def _int_bwd(res, ct):
-  logits, labels, mask, (m, log_s) = res
+def _int_bwd(options, res, ct):
+  logits, labels, weights, mask, (m, log_s) = res
   p_hat = _softmax(logits, mask, m, log_s)
+  dtype, num_classes = p_hat.dtype, p_hat.shape[-1]
+  valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
   classes = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
-  grad = p_hat - (classes == labels[..., None]).astype(p_hat.dtype)
-  in_range = (labels >= 0) & (labels < p_hat.shape[-1])
-  grad = jnp.where(in_range[..., None], grad, jnp.nan)
-  grad = jnp.where(jnp.expand_dims(_rows_kept(mask), -1), grad * ct[..., None], 0)
-  return grad.astype(logits.dtype), None, None
+  onehot = (classes == index[..., None]).astype(dtype)
+  eps = options.label_smoothing
+  label_mass = jnp.ones((), dtype) if w_c is None else w_c.astype(dtype)[..., None]
+  total = (1 - eps) * label_mass
+  target = total * onehot
+  if eps:
+    spread = eps * jnp.broadcast_to(_smoothing_weights(weights, mask, dtype, num_classes, p_hat.ndim), p_hat.shape)
+    total, target = total + jnp.sum(spread, axis=-1, keepdims=True), target + spread
+  if options.z_loss:
+    total = total + 2 * options.z_loss * (m + log_s)
+  grad = _checks.nan_where(~valid[..., None], p_hat * total - target)
+  keep = _rows_kept(mask) & ~ignored
+  grad = jnp.where(jnp.expand_dims(keep, -1), grad * ct[..., None], 0)
+  grad_weights = None
+  if weights is not None:
+    # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i), summed over rows.
+    x = logits.astype(dtype)
+    per_class = (1 - eps) * onehot * _label_nll(x, index, m, log_s)[..., None]
+    if eps:
+      spread = _smoothing_weights(None, mask, dtype, num_classes, p_hat.ndim)
+      per_class = per_class + eps * spread * _neg_log_softmax(logits, mask, m, log_s)
+    scale = jnp.where(keep, _checks.nan_where(~valid, ct), 0)[..., None]
+    grad_weights = jnp.sum((per_class * scale).reshape(-1, num_classes), axis=0).astype(weights.dtype)
+  return grad.astype(logits.dtype), None, grad_weights, None
 
 
-# Per-row logsumexp(z) - z[label] over the last axis; NaN for labels out of range.
+# Per-row loss over the last axis: fused_integer_labels(options, logits, labels, weights, mask);
+# NaN for labels out of range that are not the ignore index, 0 for ignored rows.
 fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
 
 
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
 
 
-def _soft_forward(logits, labels, mask):
+def _soft_forward(options, logits, labels, mask):
+  del options
   x = logits.astype(labels.dtype)
   y, log_s, m = _shifted(x, mask)
   keep = labels != 0 if mask is None else mask & (labels != 0)
   loss = jnp.sum(jnp.where(keep, labels * (log_s - y), 0), axis=-1)
-  loss = jnp.where(jnp.any(labels < 0, axis=-1), jnp.nan, loss)
+  loss = _checks.nan_where(jnp.any(labels < 0, axis=-1), loss)
   return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
 
 
-def _soft_bwd(res, ct):
+def _soft_bwd(options, res, ct):
+  del options
   logits, labels, mask, (m, log_s) = res
   p_hat = _softmax(logits, mask, m, log_s)
   p = labels if mask is None else jnp.where(mask, labels, 0)
@@ -118,7 +194,7 @@ def _soft_bwd(res, ct):
   scale = ct[..., None]
 
   def finish(g, dtype):
-    g = jnp.where(bad, jnp.nan, g)
+    g = _checks.nan_where(bad, g)
     return jnp.where(kept, g * scale, 0).astype(dtype)
 
   return finish(grad_logits, logits.dtype), finish(grad_labels, labels.dtype), None

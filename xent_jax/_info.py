@@ -19,7 +19,7 @@ def _probabilities(p: jax.typing.ArrayLike, name: str) -> jax.Array:
   """Floating-point check, float32 upcast, and NaN for negative entries."""
   p = _checks.as_floating(p, name)
   p = p.astype(_checks.compute_dtype(p.dtype))
-  return jnp.where(p >= 0, p, jnp.nan)
+  return _checks.nan_where(~(p >= 0), p)
 
 
 def _pair(p, q) -> tuple[jax.Array, jax.Array]:
