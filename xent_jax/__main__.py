@@ -6,6 +6,7 @@ a table and a summary, and exits 1 if any check fails.
   python -m xent_jax                  # all checks
   python -m xent_jax --only 4.2.33    # the checks covering one equation
   python -m xent_jax --json out.json  # also write the rows as JSON
+  python -m xent_jax bench [--help]   # the benchmark (see xent_jax/_bench.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def _status(rows) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ["bench"]:
+    from xent_jax import _bench
+
+    return _bench.main(argv[1:])
   parser = argparse.ArgumentParser(prog="python -m xent_jax", description=__doc__.split("\n\n")[0])
   parser.add_argument("--only", help="run only the checks covering this equation, e.g. 4.2.33")
   parser.add_argument("--json", metavar="FILE", help="write the results as a JSON list")

@@ -1,16 +1,19 @@
 """The fused softmax cross-entropy (seed Eq. 4.2.35–4.2.40) as ``jax.custom_vjp``.
 
 Both kernels work on the last axis of ``logits`` (callers move the class axes
-there). The forward computes, per row, the shifted logits y = z - M with
-M = max z (Eq. 4.2.35) and log s = log Σ exp(y), and the loss as
-Σ p_i (log s - y_i), which never forms log p̂ = z - logsumexp(z) at the scale of
-z (so large logits lose no precision to cancellation). The residuals are the
-logits as given (no copy, no upcast), the labels, the mask and, per row, M and
-log s: no N×C softmax is stored. The backward recomputes p̂ = exp((z - M) - log s)
-(kept apart rather than as z - logsumexp(z), which would lose the low bits of
-log s next to a large M) and returns p̂·Σp - p (Eq. 4.2.29–4.2.31, 4.2.40),
-which is plain differentiable JAX so ``jax.hessian`` works.
-"""
+there). The forward computes, per row, a shift M and log s = log Σ exp(z - M),
+and the loss from them, never forming log p̂ = z - logsumexp(z) at the scale
+of z (so large logits lose no precision to cancellation). M is the row max
+(Eq. 4.2.35); the integer-label kernel first tries the label's logit, which
+needs one pass over the logits instead of two (see ``_label_shifted``). The
+residuals are the logits as given (no copy, no upcast), the labels, the mask
+and a few numbers per row: no N×C softmax is stored. The backward recomputes
+p̂ = exp((z - M) - log s) (kept apart rather than as z - logsumexp(z), which
+would lose the low bits of log s next to a large M) and returns p̂·Σp - p
+(Eq. 4.2.29–4.2.31, 4.2.40), which is plain differentiable JAX so
+``jax.hessian`` works. The per-row factors (Σp, the upstream gradient, NaN for
+bad data) are folded in before the N×C expression, so each element costs one
+exp and a few flops."""
 
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, lo
 
 def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
   """p̂ = exp((z - M) - log s) recomputed from the logits; 0 on masked classes."""
+  # The barrier keeps XLA from merging z - M here with the forward's z - M into
+  # one N×C buffer (CSE), which the forward's reduction would then read back.
+  m, log_s = jax.lax.optimization_barrier((m, log_s))
   p_hat = jnp.exp((logits.astype(m.dtype) - m) - log_s)
   return p_hat if mask is None else jnp.where(mask, p_hat, 0)
 
@@ -110,14 +116,38 @@ def _label_nll(x, index, m, log_s):
   return (log_s - (jnp.take_along_axis(x, index[..., None], axis=-1) - m))[..., 0]
 
 
+_MAX_LABEL_SHIFTED_SUM = 2.0**32
+
+
+def _label_shifted(x, mask, shift, matters):
+  """(y, log s, M) with M = the label's logit when that is safe for the batch, else the row max.
+
+  Shifting by the label's logit z_c needs one pass over the logits (the max
+  needs a second): s = Σ exp(z - z_c) ≥ 1 and the loss is log s. It is used
+  when every row that counts has 1 ≤ s ≤ 2³² (no overflow, and log s < 22.2,
+  so the exponent of p̂ = exp(y - log s) is rounded at most to ulp(22) ≈ 2e-6
+  relative, as the max shift rounds log p̂ of a class with p̂ ≈ e⁻²²) and every
+  other row has 0 < s < inf. Otherwise the whole batch takes the max shift
+  (Eq. 4.2.35); under ``vmap`` both are computed.
+  """
+  y = x - shift
+  if mask is not None:
+    y = jnp.where(mask, y, -jnp.inf)
+  s = jnp.sum(jnp.exp(y), axis=-1, keepdims=True)
+  safe = jnp.where(matters[..., None], (s >= 1) & (s <= _MAX_LABEL_SHIFTED_SUM), (s > 0) & (s < jnp.inf))
+  return jax.lax.cond(jnp.all(safe), lambda: (y, jnp.log(s), shift), lambda: _shifted(x, mask))
+
+
 def _int_forward(options, logits, labels, weights, mask):
   x = logits.astype(_checks.compute_dtype(logits.dtype))
   num_classes = x.shape[-1]
-  y, log_s, m = _shifted(x, mask)
   valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
-  loss = _label_nll(x, index, m, log_s)
+  label_logit = jnp.take_along_axis(x, index[..., None], axis=-1)
+  keep = _rows_kept(mask) & ~ignored
+  y, log_s, m = _label_shifted(x, mask, label_logit, keep & valid)
+  loss = (log_s - (label_logit - m))[..., 0]
   if w_c is not None:
     loss = w_c.astype(x.dtype) * loss
   eps = options.label_smoothing
@@ -128,7 +158,7 @@ def _int_forward(options, logits, labels, weights, mask):
   if options.z_loss:
     loss = loss + options.z_loss * jnp.square(m + log_s)[..., 0]
   loss = _checks.nan_where(~valid, loss)
-  return jnp.where(_rows_kept(mask) & ~ignored, loss, 0), (m, log_s)
+  return jnp.where(keep, loss, 0), (m, log_s)
 
 
 def _int_bwd(options, res, ct):
@@ -136,29 +166,32 @@ def _int_bwd(options, res, ct):
   p_hat = _softmax(logits, mask, m, log_s)
   dtype, num_classes = p_hat.dtype, p_hat.shape[-1]
   valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
-  classes = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
-  onehot = (classes == index[..., None]).astype(dtype)
-  eps = options.label_smoothing
-  label_mass = jnp.ones((), dtype) if w_c is None else w_c.astype(dtype)[..., None]
-  total = (1 - eps) * label_mass
-  target = total * onehot
-  if eps:
-    spread = eps * jnp.broadcast_to(_smoothing_weights(weights, mask, dtype, num_classes, p_hat.ndim), p_hat.shape)
-    total, target = total + jnp.sum(spread, axis=-1, keepdims=True), target + spread
-  if options.z_loss:
-    total = total + 2 * options.z_loss * (m + log_s)
-  grad = _checks.nan_where(~valid[..., None], p_hat * total - target)
   keep = _rows_kept(mask) & ~ignored
-  grad = jnp.where(jnp.expand_dims(keep, -1), grad * ct[..., None], 0)
+  # Everything per row is folded into two row factors, so each element costs
+  # one exp, a multiply and a compare: grad = p̂·(Σq + 2ζ lse)·u - q·u.
+  scale = jnp.where(keep, _checks.nan_where(~valid, ct.astype(dtype)), 0)[..., None]
+  eps = options.label_smoothing
+  label_mass = (1 - eps) * (scale if w_c is None else w_c.astype(dtype)[..., None] * scale)
+  total = label_mass
+  spread = None
+  if eps:
+    spread = eps * _smoothing_weights(weights, mask, dtype, num_classes, p_hat.ndim)
+    total = total + jnp.sum(jnp.broadcast_to(spread, p_hat.shape), axis=-1, keepdims=True) * scale
+  if options.z_loss:
+    total = total + 2 * options.z_loss * (m + log_s) * scale
+  classes = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
+  onehot = classes == index[..., None]
+  grad = p_hat * total - jnp.where(onehot, label_mass, 0)
+  if spread is not None:
+    grad = grad - spread * scale
   grad_weights = None
   if weights is not None:
     # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i), summed over rows.
     x = logits.astype(dtype)
-    per_class = (1 - eps) * onehot * _label_nll(x, index, m, log_s)[..., None]
+    per_class = jnp.where(onehot, (1 - eps) * _label_nll(x, index, m, log_s)[..., None], 0)
     if eps:
-      spread = _smoothing_weights(None, mask, dtype, num_classes, p_hat.ndim)
-      per_class = per_class + eps * spread * _neg_log_softmax(logits, mask, m, log_s)
-    scale = jnp.where(keep, _checks.nan_where(~valid, ct), 0)[..., None]
+      uniform = _smoothing_weights(None, mask, dtype, num_classes, p_hat.ndim)
+      per_class = per_class + eps * uniform * _neg_log_softmax(logits, mask, m, log_s)
     grad_weights = jnp.sum((per_class * scale).reshape(-1, num_classes), axis=0).astype(weights.dtype)
   return grad.astype(logits.dtype), None, grad_weights, None
 
@@ -174,30 +207,37 @@ fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
 def _soft_forward(options, logits, labels, mask):
   del options
   x = logits.astype(labels.dtype)
-  y, log_s, m = _shifted(x, mask)
-  keep = labels != 0 if mask is None else mask & (labels != 0)
-  loss = jnp.sum(jnp.where(keep, labels * (log_s - y), 0), axis=-1)
-  loss = _checks.nan_where(jnp.any(labels < 0, axis=-1), loss)
-  return jnp.where(_rows_kept(mask), loss, 0), (m, log_s)
+  _, log_s, m = _shifted(x, mask)
+  p = labels if mask is None else jnp.where(mask, labels, 0)
+  # Σp carries NaN for a row with a negative target: the loss and, as a
+  # residual, the gradient p̂·Σp - p inherit it with no further pass.
+  negative = jnp.min(labels, axis=-1, keepdims=True) < 0
+  total = _checks.nan_where(negative, jnp.sum(p, axis=-1, keepdims=True))
+  # L = Σp·log s - Σ p·y with y = z - M, two non-negative terms. Without a
+  # -inf logit, p·y needs no select, which XLA:CPU would not fuse into the sum
+  # (it would store p·y); with one, 0·(-inf) must count as 0. Recomputing y
+  # inside the branches also keeps a shared z - M from being stored.
+  p_dot_y = jax.lax.cond(
+      jnp.min(x) > -jnp.inf,
+      lambda x, m, p: jnp.sum(p * (x - m), axis=-1, keepdims=True),
+      lambda x, m, p: jnp.sum(jnp.where(p != 0, p * (x - m), 0), axis=-1, keepdims=True),
+      x, m, p,
+  )
+  loss = (total * log_s - p_dot_y)[..., 0]
+  return jnp.where(_rows_kept(mask), loss, 0), (m, log_s, total)
 
 
 def _soft_bwd(options, res, ct):
   del options
-  logits, labels, mask, (m, log_s) = res
+  logits, labels, mask, (m, log_s, total) = res
   p_hat = _softmax(logits, mask, m, log_s)
   p = labels if mask is None else jnp.where(mask, labels, 0)
-  total = jnp.sum(p, axis=-1, keepdims=True)
-  grad_logits = p_hat * total - p
-  grad_labels = _neg_log_softmax(logits, mask, m, log_s)
-  bad = jnp.any(labels < 0, axis=-1, keepdims=True)
   kept = jnp.expand_dims(_rows_kept(mask), -1)
-  scale = ct[..., None]
-
-  def finish(g, dtype):
-    g = _checks.nan_where(bad, g)
-    return jnp.where(kept, g * scale, 0).astype(dtype)
-
-  return finish(grad_logits, logits.dtype), finish(grad_labels, labels.dtype), None
+  scale = jnp.where(kept, ct[..., None], 0)
+  grad_logits = p_hat * (total * scale) - p * scale
+  # ∂L/∂p = -log p̂, NaN in a row with a negative target (computed only if used).
+  grad_labels = _checks.nan_where(jnp.isnan(total), _neg_log_softmax(logits, mask, m, log_s) * scale)
+  return grad_logits.astype(logits.dtype), grad_labels.astype(labels.dtype), None
 
 
 # Per-row Σ p·(logsumexp(z) - z) over the last axis; NaN for negative targets.

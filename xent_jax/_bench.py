@@ -1,0 +1,152 @@
+"""``python -m xent_jax bench``: the fused losses against optax, the naive chain and the floor.
+
+For each size and dtype every function is jitted and compiled once, then timed
+in rounds: in each round every function runs three times in a row (best of
+three), the order rotated from round to round; a function's time is the
+median over rounds. The floor is one elementwise ``jnp.exp`` over the logits
+(read once, exp, write once). Temporary memory is
+``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``.
+Ratios are taken within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from xent_jax import _classification as xent
+
+NUM_CLASSES = 32768
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  size: str
+  dtype: str
+  function: str
+  baseline: str | None
+  ms: float
+  ns_per_logit: float
+  vs_floor: float
+  vs_baseline: float | None
+  temp_mib: float
+
+
+def _naive_int(z, labels):
+  log_p = jnp.log(jax.nn.softmax(z.astype(jnp.float32), axis=-1))
+  return -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+
+
+def _naive_soft(z, p):
+  return -jnp.sum(p * jnp.log(jax.nn.softmax(z.astype(jnp.float32), axis=-1)), axis=-1)
+
+
+def _total(loss: Callable) -> Callable:
+  return lambda z, y: jnp.sum(loss(z, y))
+
+
+def _value_and_grad(loss: Callable) -> Callable:
+  return jax.value_and_grad(_total(loss))
+
+
+# name -> (function of (logits, labels), label kind, baseline name)
+CASES: dict[str, tuple[Callable, str, str | None]] = {
+    "exp floor": (lambda z, y: jnp.exp(z), "int", None),
+    "xent int value": (_total(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int value"),
+    "optax int value": (_total(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
+    "xent int v&g": (_value_and_grad(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int v&g"),
+    "optax int v&g": (_value_and_grad(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
+    "naive int v&g": (_value_and_grad(_naive_int), "int", "optax int v&g"),
+    "xent soft value": (_total(xent.softmax_cross_entropy), "soft", "optax soft value"),
+    "optax soft value": (_total(optax.losses.softmax_cross_entropy), "soft", None),
+    "xent soft v&g": (_value_and_grad(xent.softmax_cross_entropy), "soft", "optax soft v&g"),
+    "optax soft v&g": (_value_and_grad(optax.losses.softmax_cross_entropy), "soft", None),
+    "naive soft v&g": (_value_and_grad(_naive_soft), "soft", "optax soft v&g"),
+}
+
+
+def _inputs(num_logits: int, dtype: str, seed: int = 0):
+  rows = max(1, num_logits // NUM_CLASSES)
+  key_z, key_y, key_p = jax.random.split(jax.random.key(seed), 3)
+  z = jax.random.normal(key_z, (rows, NUM_CLASSES), jnp.float32).astype(dtype)
+  labels = jax.random.randint(key_y, (rows,), 0, NUM_CLASSES)
+  soft = jax.nn.softmax(jax.random.normal(key_p, (rows, NUM_CLASSES), jnp.float32), axis=-1).astype(dtype)
+  return z, {"int": labels, "soft": soft}
+
+
+def time_compiled(compiled: dict[str, tuple[Callable, tuple]], rounds: int) -> dict[str, float]:
+  """Median over rounds of the best of three consecutive runs, order rotated per round."""
+  names = list(compiled)
+  times: dict[str, list[float]] = {name: [] for name in names}
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[: r % len(names)]:
+      fn, args = compiled[name]
+      best = float("inf")
+      for _ in range(3):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+      times[name].append(best)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compile_with_memory(fn: Callable, *args) -> tuple[Callable, float]:
+  """The compiled function and its temporary memory in MiB."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  return compiled, compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def run(sizes: list[int], dtypes: list[str], rounds: int, only: str | None = None) -> list[Row]:
+  rows = []
+  for dtype in dtypes:
+    for size in sizes:
+      z, labels = _inputs(size, dtype)
+      chosen = {k: v for k, v in CASES.items() if only is None or only in k or k == "exp floor"}
+      compiled, temp = {}, {}
+      for name, (fn, kind, _) in chosen.items():
+        c, temp[name] = compile_with_memory(fn, z, labels[kind])
+        compiled[name] = (c, (z, labels[kind]))
+      med = time_compiled(compiled, rounds)
+      floor = med["exp floor"]
+      label = f"{size / 2**20:g}M"
+      for name, (_, _, base) in chosen.items():
+        ratio = med[name] / med[base] if base in med else None
+        rows.append(Row(label, dtype, name, base, med[name] * 1e3, med[name] / z.size * 1e9, med[name] / floor, ratio, temp[name]))
+  return rows
+
+
+def _print(rows: list[Row]) -> None:
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {NUM_CLASSES} classes")
+  print(f"{'logits':>7} {'dtype':<9} {'function':<17} {'ms':>9} {'ns/logit':>9} {'× floor':>8} {'× base':>7} {'temp MiB':>9}  base")
+  for r in rows:
+    ratio = f"{r.vs_baseline:7.2f}" if r.vs_baseline is not None else f"{'':>7}"
+    print(
+        f"{r.size:>7} {r.dtype:<9} {r.function:<17} {r.ms:9.2f} {r.ns_per_logit:9.3f} {r.vs_floor:8.2f} {ratio}"
+        f" {r.temp_mib:9.1f}  {r.baseline or ''}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m xent_jax bench", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--sizes", default="1,16,128", help="logits per call in units of 2^20, comma-separated")
+  parser.add_argument("--dtypes", default="float32,bfloat16")
+  parser.add_argument("--rounds", type=int, default=6)
+  parser.add_argument("--only", help="only the functions whose name contains this (e.g. 'int v&g')")
+  parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+  args = parser.parse_args(argv)
+  sizes = [int(float(s) * 2**20) for s in args.sizes.split(",")]
+  rows = run(sizes, args.dtypes.split(","), args.rounds, args.only)
+  _print(rows)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump([dataclasses.asdict(r) for r in rows], f, indent=1)
+  return 0
