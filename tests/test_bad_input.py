@@ -55,6 +55,12 @@ STATIC = [
     ("paired-rows", lambda: xent_jax.info_nce(E, E, np.zeros((3, 5, 4), np.float32), negative_mode="paired"), ValueError, "negative_keys"),
     ("negative-mode", lambda: xent_jax.info_nce(E, E, negative_mode="both"), ValueError, "negative_mode"),
     ("attention-width", lambda: xent_jax.attention_weights(E, np.zeros((2, 5), np.float32)), ValueError, "key"),
+    ("classifier-width", lambda: xent_jax.linear_cross_entropy(E, np.zeros((3, 5), np.float32), Y), ValueError, "classifier"),
+    ("classifier-rank", lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 5, 1), np.float32), Y), ValueError, "classifier"),
+    ("linear-labels-shape", lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 5), np.float32), Y[:1]), ValueError, "labels"),
+    ("linear-reduction", lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 5), np.float32), Y, reduction="avg"), ValueError, "reduction"),
+    ("softcap", lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 5), np.float32), Y, softcap=0.0), ValueError, "softcap"),
+    ("chunk-size", lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 5), np.float32), Y, chunk_size=0), ValueError, "chunk_size"),
     ("ntxent-labels", lambda: xent_jax.ntxent(E, np.zeros(3, np.int32)), ValueError, "labels"),
 ]
 
@@ -82,6 +88,7 @@ DATA = [
     ("ce-negative-probability", _torch, (Z, P), (Z, np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.5]], np.float32))),
     ("nan-logits", _int, (Z, Y), (Z_NAN, Y)),
     ("nan-target", _soft, (Z, P), (Z, np.array([[1.0, 0.0, 0.0], [np.nan, 1.0, 0.0]], np.float32))),
+    ("linear-label-out-of-range", lambda h, y: xent_jax.linear_cross_entropy(h, np.ones((4, 3), np.float32), y), (E, Y), (E, np.array([0, 3]))),
     ("probability-above-one", _bce, (P[0], P[0]), (np.array([0.5, 1.5, 0.5], np.float32), P[0])),
     ("info-negative-probability", _cross_entropy, (P, P), (np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.5]], np.float32), P)),
 ]

@@ -13,6 +13,7 @@ from xent_jax._classification import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
 )
+from xent_jax._linear import linear_cross_entropy
 from xent_jax._pytorch import cross_entropy
 from xent_jax._contrastive import (
     attention_weights,
@@ -35,6 +36,7 @@ __all__ = [
     "info_nce",
     "kl_divergence",
     "kl_divergence_with_log_targets",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "mse_on_probabilities",

@@ -26,15 +26,14 @@ import jax.numpy as jnp
 from xent_jax import _checks
 
 
-def _shifted(x: jax.Array, mask: jax.Array | None):
-  """Masked logits shifted by their row max, and log Σ exp of the shifted ones."""
+def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None):
+  """(log s, M) per row with M the masked row max (Eq. 4.2.35) and s = Σ exp(z - M)."""
+  x = logits.astype(dtype)
   if mask is not None:
     x = jnp.where(mask, x, -jnp.inf)
   m = jnp.max(x, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  y = x - m
-  log_s = jnp.log(jnp.sum(jnp.exp(y), axis=-1, keepdims=True))
-  return y, log_s, m
+  return jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)), m
 
 
 def _rows_kept(mask: jax.Array | None) -> jax.Array | bool:
@@ -119,8 +118,8 @@ def _label_nll(x, index, m, log_s):
 _MAX_LABEL_SHIFTED_SUM = 2.0**32
 
 
-def _label_shifted(x, mask, shift, matters):
-  """(y, log s, M) with M = the label's logit when that is safe for the batch, else the row max.
+def _label_shifted(logits, dtype, mask, shift, matters):
+  """(log s, M) with M = the label's logit when that is safe for the batch, else the row max.
 
   Shifting by the label's logit z_c needs one pass over the logits (the max
   needs a second): s = Σ exp(z - z_c) ≥ 1 and the loss is log s. It is used
@@ -128,32 +127,39 @@ def _label_shifted(x, mask, shift, matters):
   so the exponent of p̂ = exp(y - log s) is rounded at most to ulp(22) ≈ 2e-6
   relative, as the max shift rounds log p̂ of a class with p̂ ≈ e⁻²²) and every
   other row has 0 < s < inf. Otherwise the whole batch takes the max shift
-  (Eq. 4.2.35); under ``vmap`` both are computed.
+  (Eq. 4.2.35); under ``vmap`` both are computed. The logits enter in their
+  own dtype and are converted inside each pass, so no upcast copy is stored.
   """
-  y = x - shift
+  y = logits.astype(dtype) - shift
   if mask is not None:
     y = jnp.where(mask, y, -jnp.inf)
   s = jnp.sum(jnp.exp(y), axis=-1, keepdims=True)
   safe = jnp.where(matters[..., None], (s >= 1) & (s <= _MAX_LABEL_SHIFTED_SUM), (s > 0) & (s < jnp.inf))
-  return jax.lax.cond(jnp.all(safe), lambda: (y, jnp.log(s), shift), lambda: _shifted(x, mask))
+  return jax.lax.cond(
+      jnp.all(safe),
+      lambda logits, mask: (jnp.log(s), shift),
+      lambda logits, mask: _max_shifted(logits, dtype, mask),
+      logits,
+      mask,
+  )
 
 
 def _int_forward(options, logits, labels, weights, mask):
-  x = logits.astype(_checks.compute_dtype(logits.dtype))
-  num_classes = x.shape[-1]
+  dtype = _checks.compute_dtype(logits.dtype)
+  num_classes = logits.shape[-1]
   valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
-  label_logit = jnp.take_along_axis(x, index[..., None], axis=-1)
+  label_logit = jnp.take_along_axis(logits, index[..., None], axis=-1).astype(dtype)
   keep = _rows_kept(mask) & ~ignored
-  y, log_s, m = _label_shifted(x, mask, label_logit, keep & valid)
+  log_s, m = _label_shifted(logits, dtype, mask, label_logit, keep & valid)
   loss = (log_s - (label_logit - m))[..., 0]
   if w_c is not None:
-    loss = w_c.astype(x.dtype) * loss
+    loss = w_c.astype(dtype) * loss
   eps = options.label_smoothing
   if eps:
-    w = _smoothing_weights(weights, mask, x.dtype, num_classes, x.ndim)
-    smooth = jnp.sum(jnp.where(w != 0, w * (log_s - y), 0), axis=-1)
+    w = _smoothing_weights(weights, mask, dtype, num_classes, logits.ndim)
+    smooth = jnp.sum(jnp.where(w != 0, w * _neg_log_softmax(logits, mask, m, log_s), 0), axis=-1)
     loss = (1 - eps) * loss + eps * smooth
   if options.z_loss:
     loss = loss + options.z_loss * jnp.square(m + log_s)[..., 0]
@@ -204,39 +210,56 @@ fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
 
 
+def _safe_loss(x, m, log_s, p):
+  """Σ p·(log s - (z - M)) per row with 0·(-inf) = 0, over blocks of rows of at most 8 MiB each."""
+  shape, width = x.shape, x.shape[-1]
+  x, m, log_s, p = x.reshape(-1, width), m.reshape(-1, 1), log_s.reshape(-1, 1), p.reshape(-1, width)
+  rows = x.shape[0]
+  block = max(1, min(rows, 2**21 // width))
+  out = jnp.zeros((rows,), x.dtype)
+
+  def step(start, out, size):
+    xb, mb, lb, pb = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, m, log_s, p))
+    terms = jnp.where(pb != 0, pb * (lb - (xb - mb)), 0)
+    value = jnp.sum(_checks.nan_where(pb < 0, terms), axis=-1)
+    return jax.lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
+
+  full, rest = divmod(rows, block)
+  out = jax.lax.fori_loop(0, full, lambda i, out: step(i * block, out, block), out)
+  if rest:
+    out = step(full * block, out, rest)
+  return out.reshape(shape[:-1])
+
+
 def _soft_forward(options, logits, labels, mask):
   del options
   x = logits.astype(labels.dtype)
-  _, log_s, m = _shifted(x, mask)
+  log_s, m = _max_shifted(logits, labels.dtype, mask)
   p = labels if mask is None else jnp.where(mask, labels, 0)
-  # Σp carries NaN for a row with a negative target: the loss and, as a
-  # residual, the gradient p̂·Σp - p inherit it with no further pass.
-  negative = jnp.min(labels, axis=-1, keepdims=True) < 0
-  total = _checks.nan_where(negative, jnp.sum(p, axis=-1, keepdims=True))
-  # L = Σp·log s - Σ p·y with y = z - M, two non-negative terms. Without a
-  # -inf logit, p·y needs no select, which XLA:CPU would not fuse into the sum
-  # (it would store p·y); with one, 0·(-inf) must count as 0. Recomputing y
-  # inside the branches also keeps a shared z - M from being stored.
-  p_dot_y = jax.lax.cond(
-      jnp.min(x) > -jnp.inf,
-      lambda x, m, p: jnp.sum(p * (x - m), axis=-1, keepdims=True),
-      lambda x, m, p: jnp.sum(jnp.where(p != 0, p * (x - m), 0), axis=-1, keepdims=True),
-      x, m, p,
-  )
-  loss = (total * log_s - p_dot_y)[..., 0]
-  return jnp.where(_rows_kept(mask), loss, 0), (m, log_s, total)
+  # L = Σ p·(log s - y), y = z - M, non-negative terms, summed without a
+  # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
+  # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
+  # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
+  # then the batch is summed again with 0·(-inf) = 0, a block of rows at a
+  # time. (The barrier keeps XLA from sharing one stored z - M with log s.)
+  y = x - jax.lax.optimization_barrier(m)
+  loss = jnp.sum(p * (log_s - y) + 0 * jnp.sqrt(p), axis=-1)
+  loss = jax.lax.cond(jnp.all(jnp.isfinite(loss)), lambda *_: loss, _safe_loss, x, m, log_s, p)
+  loss = jnp.where(_rows_kept(mask), loss, 0)
+  return loss, (m, log_s, jnp.isnan(loss)[..., None])
 
 
 def _soft_bwd(options, res, ct):
   del options
-  logits, labels, mask, (m, log_s, total) = res
+  logits, labels, mask, (m, log_s, bad) = res
   p_hat = _softmax(logits, mask, m, log_s)
   p = labels if mask is None else jnp.where(mask, labels, 0)
   kept = jnp.expand_dims(_rows_kept(mask), -1)
-  scale = jnp.where(kept, ct[..., None], 0)
+  scale = jnp.where(kept, _checks.nan_where(bad, ct[..., None]), 0)
+  total = jnp.sum(p, axis=-1, keepdims=True)
   grad_logits = p_hat * (total * scale) - p * scale
-  # ∂L/∂p = -log p̂, NaN in a row with a negative target (computed only if used).
-  grad_labels = _checks.nan_where(jnp.isnan(total), _neg_log_softmax(logits, mask, m, log_s) * scale)
+  # ∂L/∂p = -log p̂ (computed only if used).
+  grad_labels = _neg_log_softmax(logits, mask, m, log_s) * scale
   return grad_logits.astype(logits.dtype), grad_labels.astype(labels.dtype), None
 
 
