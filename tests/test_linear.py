@@ -139,6 +139,6 @@ def test_jit_traces_once_and_never_holds_the_logits():
 def test_default_chunk_sizes():
   from xent_jax._linear import default_chunk_size
 
-  assert default_chunk_size(8192, 131072) == 2048  # 8192 × 2048 float32 = 64 MiB
+  assert default_chunk_size(8192, 131072) == 512  # 8192 × 512 float32 = 16 MiB
   assert default_chunk_size(4, 1000) == 1000
   assert default_chunk_size(10**9, 1000) == 128

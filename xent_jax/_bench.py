@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from xent_jax import _classification as xent
+from xent_jax import _linear
 
 NUM_CLASSES = 32768
 
@@ -124,6 +125,49 @@ def run(sizes: list[int], dtypes: list[str], rounds: int, only: str | None = Non
   return rows
 
 
+# Linear cross-entropy: (N, D, V, dtype, timed). The timed shape is run; the
+# large one (the naive composition would need 11 GiB) is only compiled.
+LINEAR_SHAPES = ((2048, 512, 32768, "float32", True), (8192, 2048, 131072, "bfloat16", False))
+
+
+def _linear_cases(labels):
+  def naive(h, w):
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(jnp.matmul(h, w, preferred_element_type=jnp.float32), labels))
+
+  return {
+      "naive linear v&g": (naive, None),
+      "xent linear v&g": (lambda h, w: jnp.mean(_linear.linear_cross_entropy(h, w, labels)), "naive linear v&g"),
+      "xent linear mean v&g": (lambda h, w: _linear.linear_cross_entropy(h, w, labels, reduction="mean"), "naive linear v&g"),
+  }
+
+
+def run_linear(rounds: int) -> list[Row]:
+  """value_and_grad (w.r.t. embeddings and classifier) of the fused linear CE against matmul + optax."""
+  rows = []
+  for n, d, v, dtype, timed in LINEAR_SHAPES:
+    keys = jax.random.split(jax.random.key(0), 3)
+    labels = jax.random.randint(keys[2], (n,), 0, v)
+    if timed:
+      h = jax.random.normal(keys[0], (n, d), jnp.float32).astype(dtype)
+      w = (jax.random.normal(keys[1], (d, v), jnp.float32) / d**0.5).astype(dtype)
+    else:
+      h, w = jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((d, v), dtype)
+    cases = _linear_cases(labels)
+    temp, compiled = {}, {}
+    for name, (fn, _) in cases.items():
+      c = jax.jit(jax.value_and_grad(fn, (0, 1))).lower(h, w).compile()
+      temp[name] = c.memory_analysis().temp_size_in_bytes / 2**20
+      if timed:
+        jax.block_until_ready(c(h, w))
+        compiled[name] = (c, (h, w))
+    med = time_compiled(compiled, rounds) if timed else {}
+    for name, (_, base) in cases.items():
+      ms = med[name] * 1e3 if timed else float("nan")
+      ratio = med[name] / med[base] if timed and base else (temp[name] / temp[base] if base else None)
+      rows.append(Row(f"{n}×{d}×{v}", dtype, name, base, ms, ms * 1e6 / (n * v), float("nan"), ratio, temp[name]))
+  return rows
+
+
 def _print(rows: list[Row]) -> None:
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {NUM_CLASSES} classes")
   print(f"{'logits':>7} {'dtype':<9} {'function':<17} {'ms':>9} {'ns/logit':>9} {'× floor':>8} {'× base':>7} {'temp MiB':>9}  base")
@@ -141,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--only", help="only the functions whose name contains this (e.g. 'int v&g')")
+  parser.add_argument("--suite", choices=("fused", "linear", "all"), default="all")
   parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
   args = parser.parse_args(argv)
   sizes = [int(float(s) * 2**20) for s in args.sizes.split(",")]
-  rows = run(sizes, args.dtypes.split(","), args.rounds, args.only)
+  rows = []
+  if args.suite in ("fused", "all"):
+    rows += run(sizes, args.dtypes.split(","), args.rounds, args.only)
+  if args.suite in ("linear", "all"):
+    rows += run_linear(args.rounds)
   _print(rows)
   if args.json:
     with open(args.json, "w") as f:

@@ -37,7 +37,7 @@ ArrayLike = jax.typing.ArrayLike
 
 # Bytes of float32 logits one chunk may hold; the chunk's other N×chunk
 # temporaries (p̂, G and its rounded copy) are of the same order.
-_CHUNK_BYTES = 64 * 2**20
+_CHUNK_BYTES = 16 * 2**20
 
 
 class _Options(NamedTuple):
@@ -51,7 +51,7 @@ class _Options(NamedTuple):
 
 
 def default_chunk_size(rows: int, length: int) -> int:
-  """Chunk of ``length`` so that rows × chunk float32 logits take about 64 MiB: a multiple of 128."""
+  """Chunk of ``length`` so that rows × chunk float32 logits take about 16 MiB: a multiple of 128."""
   chunk = _CHUNK_BYTES // (4 * max(rows, 1))
   return int(max(1, min(length, max(128, chunk // 128 * 128))))
 
@@ -60,6 +60,17 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
   """(number of steps, width) pairs: the full chunks, then the remainder if any."""
   full, rest = divmod(length, chunk)
   return [(n, w) for n, w in ((full, chunk), (1, rest)) if n and w]
+
+
+def _slice(x, start, size, axis):
+  """``x[start:start + size]`` along ``axis`` inside a loop.
+
+  The barrier makes ``x`` a value of the loop body. Otherwise XLA:CPU, which
+  slices bf16 as float32, hoists that conversion of the whole loop-invariant
+  array out of the loop: a float32 copy of the classifier.
+  """
+  x, start = jax.lax.optimization_barrier((x, start))
+  return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
 def _logits(h, w, opts):
@@ -102,7 +113,7 @@ def _vocab_walk(h, w, labels, opts):
     def step(i, carry, start=start, width=width):
       m, s, label_logit, sum_z = carry
       offset = start + i * width
-      z, _ = _logits(h, jax.lax.dynamic_slice_in_dim(w, offset, width, axis=1), opts)
+      z, _ = _logits(h, _slice(w, offset, width, 1), opts)
       m_new = jnp.maximum(m, jnp.max(z, axis=-1))
       s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=-1)
       local = labels - offset
@@ -178,18 +189,21 @@ def _per_example_bwd(opts, res, upstream):
   scale = _row_scale(upstream.astype(m.dtype), labels, keep, opts, vocab)
   dx = jnp.zeros(h.shape, m.dtype)
   dw = jnp.zeros(w.shape, w.dtype)
+  # hᵀ stored once in h's dtype, so dW = hᵀ G is a plain (D, N)·(N, chunk)
+  # product: XLA:CPU would otherwise upcast a transposed bf16 h to float32.
+  h_t = jax.lax.optimization_barrier(h.T)
   start = 0
   for steps, width in _chunks(vocab, opts.vocab_chunk):
 
     def step(i, carry, start=start, width=width):
       dx, dw = carry
       offset = start + i * width
-      w_chunk = jax.lax.dynamic_slice_in_dim(w, offset, width, axis=1)
+      w_chunk = _slice(w, offset, width, 1)
       z, dcap = _logits(h, w_chunk, opts)
       g = _chunk_grad(z, dcap, labels, offset, m, log_s, scale, opts, vocab)
       g_in = g.astype(h.dtype)
       dx = dx + jnp.matmul(g_in, w_chunk.T, preferred_element_type=dx.dtype)
-      dw_chunk = jnp.matmul(h.T, g_in.astype(w.dtype), preferred_element_type=m.dtype).astype(w.dtype)
+      dw_chunk = jnp.matmul(h_t, g_in.astype(w.dtype), preferred_element_type=m.dtype).astype(w.dtype)
       return dx, jax.lax.dynamic_update_slice_in_dim(dw, dw_chunk, offset, axis=1)
 
     dx, dw = jax.lax.fori_loop(0, steps, step, (dx, dw))
@@ -225,7 +239,7 @@ def _scalar_fwd(opts, h, w, labels, keep):
     def step(i, carry, start=start, rows=rows):
       total, dx, dw = carry
       offset = start + i * rows
-      h_c = jax.lax.dynamic_slice_in_dim(h, offset, rows)
+      h_c = _slice(h, offset, rows, 0)
       y_c = jax.lax.dynamic_slice_in_dim(labels, offset, rows)
       k_c = jax.lax.dynamic_slice_in_dim(keep, offset, rows)
       z, dcap = _logits(h_c, w, opts)
@@ -293,7 +307,7 @@ def linear_cross_entropy(
     softcap: c > 0 or None.
     chunk_size: vocabulary chunk (per-example) or token chunk (scalar
       reductions); by default chosen so one chunk of float32 logits is about
-      64 MiB.
+      16 MiB.
     reduction: ``"none"`` (per-token losses, the default), ``"mean"`` (over
       tokens that are kept and not ignored) or ``"sum"``.
 
