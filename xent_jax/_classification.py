@@ -49,6 +49,8 @@ def softmax_cross_entropy(
     labels: ArrayLike,
     axis: Axis = -1,
     where: ArrayLike | None = None,
+    *,
+    axis_name: str | None = None,
 ) -> jax.Array:
   r"""Fused softmax cross-entropy with probability (soft or one-hot) labels.
 
@@ -72,6 +74,10 @@ def softmax_cross_entropy(
     axis: class axis or axes; ``None`` means all axes.
     where: elements to include, of the logits' shape or the batch shape. Rows
       with nothing included have loss 0 and gradient 0.
+    axis_name: inside ``shard_map``, the mesh axis the class axis is split
+      over (vocabulary parallelism): ``logits``, ``labels`` and a per-class
+      ``where`` are this device's shards, the row max and sums are combined
+      with ``pmax``/``psum``, the gradient stays local. One class axis only.
 
   Returns:
     per-example losses, the batch shape, float32 for 16-bit logits. NaN for an
@@ -90,9 +96,16 @@ def softmax_cross_entropy(
     optax.losses.softmax_cross_entropy, whose signature this follows.
   """
   logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
+  classes = _classes(axis_name, axes)
   labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
   p = _checks.classes_last(labels, axes).astype(_checks.compute_dtype(x.dtype, labels.dtype))
-  return _fused.fused_soft_labels(None, x, p, mask).reshape(batch_shape)
+  return _fused.fused_soft_labels(_fused.SoftOptions(classes), x, p, mask).reshape(batch_shape)
+
+
+def _classes(axis_name, axes: tuple[int, ...]) -> _fused.Classes:
+  if axis_name is not None and len(axes) != 1:
+    raise ValueError(f"`axis_name` splits one class axis; got class axes {axes}.")
+  return _fused.Classes(axis_name)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -105,6 +118,7 @@ def softmax_cross_entropy_with_integer_labels(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    axis_name: str | None = None,
 ) -> jax.Array:
   r"""Fused softmax cross-entropy with integer class labels.
 
@@ -142,6 +156,12 @@ def softmax_cross_entropy_with_integer_labels(
       (PyTorch uses -100); ``None`` ignores nothing.
     label_smoothing: ε in [0, 1], static.
     z_loss: ζ ≥ 0, the weight of log²Z (PaLM uses 1e-4), static.
+    axis_name: inside ``shard_map``, the mesh axis the class axis is split
+      over (vocabulary parallelism, as Megatron's cross-entropy): ``logits``,
+      a per-class ``where`` and ``class_weights`` are this device's shards,
+      ``labels`` are global class indices; the label's logit comes from the
+      shard that owns it, the row max and sums are combined with
+      ``pmax``/``psum``, and the gradient stays local.
 
   Returns:
     per-example losses of the batch shape, float32 for 16-bit logits; NaN for
@@ -164,7 +184,8 @@ def softmax_cross_entropy_with_integer_labels(
     ``torch.nn.functional.cross_entropy`` (weight, ignore_index,
     label_smoothing); Chowdhery et al., PaLM (2022), the z-loss.
   """
-  _, x, mask, _, batch_shape = _logits_and_mask(logits, axis, where)
+  _, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
+  classes = _classes(axis_name, axes)
   labels = _checks.as_integer(labels, "labels")
   if labels.shape != batch_shape:
     raise ValueError(
@@ -175,6 +196,7 @@ def softmax_cross_entropy_with_integer_labels(
       label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
       z_loss=_checks.static_number(z_loss, "z_loss", low=0.0),
       ignore_index=_checks.static_index(ignore_index, "ignore_index"),
+      classes=classes,
   )
   weights = None if class_weights is None else class_weight_vector(class_weights, x.shape[-1], "class_weights")
   return _fused.fused_integer_labels(options, x, labels, weights, mask)

@@ -72,6 +72,7 @@ def info_nce(
     in_batch_negatives: bool = False,
     symmetric: bool = False,
     normalize: bool = True,
+    axis_name: str | None = None,
 ) -> jax.Array:
   r"""InfoNCE: softmax cross-entropy of each query against its positive key.
 
@@ -98,9 +99,15 @@ def info_nce(
     symmetric: CLIP's loss, the mean of the query→key and key→query
       directions (in-batch negatives only).
     normalize: L2-normalise the embeddings first.
+    axis_name: inside ``shard_map`` over the batch, the mesh axis it is split
+      over: the in-batch negatives are the keys of every device
+      (``all_gather``; its transpose, a reduce-scatter, sends each key its
+      gradient from every device's queries), the labels offset by the
+      device's index. Needs in-batch negatives.
 
   Returns:
-    per-query losses ``[B]``, float32 for 16-bit embeddings.
+    per-query losses ``[B]`` (this device's queries under ``axis_name``),
+    float32 for 16-bit embeddings.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -120,12 +127,15 @@ def info_nce(
   if normalize:
     q, k = _normalize(q), _normalize(k)
   b = q.shape[0]
+  if axis_name is not None and negative_keys is not None and not in_batch_negatives:
+    raise ValueError("`axis_name` shares in-batch negatives across devices: pass `negative_keys=None` or `in_batch_negatives=True`.")
+  gather = (lambda x: x) if axis_name is None else (lambda x: jax.lax.all_gather(x, axis_name, tiled=True))
+  labels = jnp.arange(b) + (0 if axis_name is None else jax.lax.axis_index(axis_name) * b)
   if negative_keys is None:
-    logits = _scores(q, k, "id,jd->ij") * scale
-    labels = jnp.arange(b)
-    loss = softmax_cross_entropy_with_integer_labels(logits, labels)
+    loss = softmax_cross_entropy_with_integer_labels(_scores(q, gather(k), "id,jd->ij") * scale, labels)
     if symmetric:
-      loss = (loss + softmax_cross_entropy_with_integer_labels(logits.T, labels)) / 2
+      backward = softmax_cross_entropy_with_integer_labels(_scores(k, gather(q), "id,jd->ij") * scale, labels)
+      loss = (loss + backward) / 2
     return loss
   if symmetric:
     raise ValueError("`symmetric=True` needs in-batch negatives: pass `negative_keys=None`.")
@@ -137,8 +147,8 @@ def info_nce(
     n = _normalize(n)
   negatives = _scores(q, n, "id,md->im" if negative_mode == "unpaired" else "id,imd->im")
   if in_batch_negatives:
-    logits = jnp.concatenate([_scores(q, k, "id,jd->ij"), negatives], axis=-1) * scale
-    return softmax_cross_entropy_with_integer_labels(logits, jnp.arange(b))
+    logits = jnp.concatenate([_scores(q, gather(k), "id,jd->ij"), negatives], axis=-1) * scale
+    return softmax_cross_entropy_with_integer_labels(logits, labels)
   positives = _scores(q, k, "id,id->i")[:, None]
   logits = jnp.concatenate([positives, negatives], axis=-1) * scale
   return softmax_cross_entropy_with_integer_labels(logits, jnp.zeros(b, jnp.int32))

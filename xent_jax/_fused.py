@@ -26,18 +26,45 @@ import jax.numpy as jnp
 from xent_jax import _checks
 
 
-def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None):
+class Classes(NamedTuple):
+  """The class axis: the last axis of the local logits, split over the mesh
+  axis ``axis_name`` inside ``shard_map`` (vocabulary parallelism) when given.
+  Row reductions are local ones combined with ``psum``/``pmax``."""
+
+  axis_name: str | None = None
+
+  def sum(self, x: jax.Array) -> jax.Array:
+    total = jnp.sum(x, axis=-1, keepdims=True)
+    return total if self.axis_name is None else jax.lax.psum(total, self.axis_name)
+
+  def max(self, x: jax.Array) -> jax.Array:
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return top if self.axis_name is None else jax.lax.pmax(top, self.axis_name)
+
+  def offset(self, local: int):
+    """Global index of this shard's first class."""
+    return 0 if self.axis_name is None else jax.lax.axis_index(self.axis_name) * local
+
+  def size(self, local: int) -> int:
+    return local if self.axis_name is None else local * jax.lax.axis_size(self.axis_name)
+
+
+def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None, classes: Classes):
   """(log s, M) per row with M the masked row max (Eq. 4.2.35) and s = Σ exp(z - M)."""
   x = logits.astype(dtype)
   if mask is not None:
     x = jnp.where(mask, x, -jnp.inf)
-  m = jnp.max(x, axis=-1, keepdims=True)
+  m = classes.max(x)
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  return jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)), m
+  return jnp.log(classes.sum(jnp.exp(x - m))), m
 
 
-def _rows_kept(mask: jax.Array | None) -> jax.Array | bool:
-  return True if mask is None else jnp.any(mask, axis=-1)
+def _rows_kept(mask: jax.Array | None, classes: Classes) -> jax.Array | bool:
+  if mask is None:
+    return True
+  if mask.shape[-1] == 1:  # a mask of the batch shape, the same on every shard
+    return mask[..., 0]
+  return classes.sum(mask.astype(jnp.int32))[..., 0] > 0
 
 
 def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
@@ -81,6 +108,7 @@ class IntegerOptions(NamedTuple):
   label_smoothing: float = 0.0
   z_loss: float = 0.0
   ignore_index: int | None = None
+  classes: Classes = Classes()
 
 
 # Integer labels (Eq. 4.2.37–4.2.38) with optional class weights w, label
@@ -91,34 +119,58 @@ class IntegerOptions(NamedTuple):
 # static; nothing N×C is stored.
 
 
-def _label_terms(options, labels, weights, num_classes):
-  """Per-row validity, ignore flags, clipped index and label weight w_c."""
+def _label_terms(options, labels, weights, local_classes):
+  """Per-row validity, ignore flags, the label's index in this shard (clipped),
+  whether this shard holds it, and the label weight w_c."""
+  classes = options.classes
+  num_classes = classes.size(local_classes)
   in_range = (labels >= 0) & (labels < num_classes)
   ignored = jnp.zeros_like(in_range) if options.ignore_index is None else labels == options.ignore_index
-  index = jnp.clip(labels, 0, num_classes - 1)
-  w_c = None if weights is None else weights[index]
-  return in_range | ignored, ignored, index, w_c
+  local = labels - classes.offset(local_classes)
+  here = (local >= 0) & (local < local_classes)
+  index = jnp.clip(local, 0, local_classes - 1)
+  w_c = None
+  if weights is not None:
+    w_c = classes.sum(jnp.where(here, weights[index], 0)[..., None])[..., 0]
+  return in_range | ignored, ignored, index, here, w_c
 
 
-def _smoothing_weights(weights, mask, dtype, num_classes, ndim):
+def _smoothing_weights(weights, mask, dtype, classes: Classes, local_classes: int, ndim: int):
   """w/K on the allowed classes (1/K without weights), 0 on masked ones; K = #allowed."""
   lead = (1,) * (ndim - 1)
-  w = jnp.ones(lead + (1,), dtype) if weights is None else weights.astype(dtype).reshape(lead + (num_classes,))
+  w = jnp.ones(lead + (1,), dtype) if weights is None else weights.astype(dtype).reshape(lead + weights.shape)
   if mask is None:
-    return w / num_classes
-  k = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(dtype)
+    return w / classes.size(local_classes)
+  if mask.shape[-1] == 1:
+    return jnp.where(mask, w, 0) / classes.size(local_classes)
+  k = jnp.maximum(classes.sum(mask.astype(jnp.int32)), 1).astype(dtype)
   return jnp.where(mask, w, 0) / k
 
 
-def _label_nll(x, index, m, log_s):
-  """lse(z) - z_c per row, from the unmasked logits (optax's reading of a masked label)."""
-  return (log_s - (jnp.take_along_axis(x, index[..., None], axis=-1) - m))[..., 0]
+def _explicitly_sharded(x: jax.Array) -> bool:
+  """Whether ``x`` carries an explicit-mode sharding (``AxisType.Explicit`` mesh axes)."""
+  spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+  return spec is not None and any(axis is not None for axis in spec)
+
+
+def _label_logit(x, index, here, classes):
+  """z_c per row, (..., 1), from the unmasked logits (optax's reading of a masked label).
+
+  A gather, except for explicitly sharded logits, where a gather's output
+  sharding is ambiguous: there it is a one-hot sum, partial per shard.
+  """
+  if _explicitly_sharded(x):
+    iota = jax.lax.broadcasted_iota(index.dtype, x.shape, x.ndim - 1)
+    picked = jnp.sum(jnp.where(iota == index[..., None], x, 0), axis=-1, keepdims=True)
+  else:
+    picked = jnp.take_along_axis(x, index[..., None], axis=-1)
+  return picked if classes.axis_name is None else classes.sum(jnp.where(here[..., None], picked, 0))
 
 
 _MAX_LABEL_SHIFTED_SUM = 2.0**32
 
 
-def _label_shifted(logits, dtype, mask, shift, matters):
+def _label_shifted(logits, dtype, mask, shift, matters, classes: Classes):
   """(log s, M) with M = the label's logit when that is safe for the batch, else the row max.
 
   Shifting by the label's logit z_c needs one pass over the logits (the max
@@ -129,16 +181,18 @@ def _label_shifted(logits, dtype, mask, shift, matters):
   other row has 0 < s < inf. Otherwise the whole batch takes the max shift
   (Eq. 4.2.35); under ``vmap`` both are computed. The logits enter in their
   own dtype and are converted inside each pass, so no upcast copy is stored.
+  With a split class axis s is summed over the shards first, so every shard
+  takes the same branch.
   """
   y = logits.astype(dtype) - shift
   if mask is not None:
     y = jnp.where(mask, y, -jnp.inf)
-  s = jnp.sum(jnp.exp(y), axis=-1, keepdims=True)
+  s = classes.sum(jnp.exp(y))
   safe = jnp.where(matters[..., None], (s >= 1) & (s <= _MAX_LABEL_SHIFTED_SUM), (s > 0) & (s < jnp.inf))
   return jax.lax.cond(
       jnp.all(safe),
       lambda logits, mask: (jnp.log(s), shift),
-      lambda logits, mask: _max_shifted(logits, dtype, mask),
+      lambda logits, mask: _max_shifted(logits, dtype, mask, classes),
       logits,
       mask,
   )
@@ -146,20 +200,20 @@ def _label_shifted(logits, dtype, mask, shift, matters):
 
 def _int_forward(options, logits, labels, weights, mask):
   dtype = _checks.compute_dtype(logits.dtype)
-  num_classes = logits.shape[-1]
-  valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
+  classes, local_classes = options.classes, logits.shape[-1]
+  valid, ignored, index, here, w_c = _label_terms(options, labels, weights, local_classes)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
-  label_logit = jnp.take_along_axis(logits, index[..., None], axis=-1).astype(dtype)
-  keep = _rows_kept(mask) & ~ignored
-  log_s, m = _label_shifted(logits, dtype, mask, label_logit, keep & valid)
+  label_logit = _label_logit(logits, index, here, classes).astype(dtype)
+  keep = _rows_kept(mask, classes) & ~ignored
+  log_s, m = _label_shifted(logits, dtype, mask, label_logit, keep & valid, classes)
   loss = (log_s - (label_logit - m))[..., 0]
   if w_c is not None:
     loss = w_c.astype(dtype) * loss
   eps = options.label_smoothing
   if eps:
-    w = _smoothing_weights(weights, mask, dtype, num_classes, logits.ndim)
-    smooth = jnp.sum(jnp.where(w != 0, w * _neg_log_softmax(logits, mask, m, log_s), 0), axis=-1)
+    w = _smoothing_weights(weights, mask, dtype, classes, local_classes, logits.ndim)
+    smooth = classes.sum(jnp.where(w != 0, w * _neg_log_softmax(logits, mask, m, log_s), 0))[..., 0]
     loss = (1 - eps) * loss + eps * smooth
   if options.z_loss:
     loss = loss + options.z_loss * jnp.square(m + log_s)[..., 0]
@@ -170,9 +224,9 @@ def _int_forward(options, logits, labels, weights, mask):
 def _int_bwd(options, res, ct):
   logits, labels, weights, mask, (m, log_s) = res
   p_hat = _softmax(logits, mask, m, log_s)
-  dtype, num_classes = p_hat.dtype, p_hat.shape[-1]
-  valid, ignored, index, w_c = _label_terms(options, labels, weights, num_classes)
-  keep = _rows_kept(mask) & ~ignored
+  dtype, classes, local_classes = p_hat.dtype, options.classes, p_hat.shape[-1]
+  valid, ignored, index, here, w_c = _label_terms(options, labels, weights, local_classes)
+  keep = _rows_kept(mask, classes) & ~ignored
   # Everything per row is folded into two row factors, so each element costs
   # one exp, a multiply and a compare: grad = p̂·(Σq + 2ζ lse)·u - q·u.
   scale = jnp.where(keep, _checks.nan_where(~valid, ct.astype(dtype)), 0)[..., None]
@@ -181,24 +235,24 @@ def _int_bwd(options, res, ct):
   total = label_mass
   spread = None
   if eps:
-    spread = eps * _smoothing_weights(weights, mask, dtype, num_classes, p_hat.ndim)
-    total = total + jnp.sum(jnp.broadcast_to(spread, p_hat.shape), axis=-1, keepdims=True) * scale
+    spread = eps * _smoothing_weights(weights, mask, dtype, classes, local_classes, p_hat.ndim)
+    total = total + classes.sum(jnp.broadcast_to(spread, p_hat.shape)) * scale
   if options.z_loss:
     total = total + 2 * options.z_loss * (m + log_s) * scale
-  classes = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
-  onehot = classes == index[..., None]
+  iota = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
+  onehot = (iota == index[..., None]) & here[..., None]
   grad = p_hat * total - jnp.where(onehot, label_mass, 0)
   if spread is not None:
     grad = grad - spread * scale
   grad_weights = None
   if weights is not None:
     # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i), summed over rows.
-    x = logits.astype(dtype)
-    per_class = jnp.where(onehot, (1 - eps) * _label_nll(x, index, m, log_s)[..., None], 0)
+    label_logit = _label_logit(logits, index, here, classes).astype(dtype)
+    per_class = jnp.where(onehot, (1 - eps) * (log_s - (label_logit - m)), 0)
     if eps:
-      uniform = _smoothing_weights(None, mask, dtype, num_classes, p_hat.ndim)
+      uniform = _smoothing_weights(None, mask, dtype, classes, local_classes, p_hat.ndim)
       per_class = per_class + eps * uniform * _neg_log_softmax(logits, mask, m, log_s)
-    grad_weights = jnp.sum((per_class * scale).reshape(-1, num_classes), axis=0).astype(weights.dtype)
+    grad_weights = jnp.sum((per_class * scale).reshape(-1, local_classes), axis=0).astype(weights.dtype)
   return grad.astype(logits.dtype), None, grad_weights, None
 
 
@@ -211,12 +265,16 @@ fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
 
 
 def _safe_loss(x, m, log_s, p):
-  """Σ p·(log s - (z - M)) per row with 0·(-inf) = 0, over blocks of rows of at most 8 MiB each."""
+  """Σ p·(log s - (z - M)) per row with 0·(-inf) = 0, over blocks of rows of at most 8 MiB each
+  (in one piece for explicitly sharded arrays, which are already split)."""
+  if _explicitly_sharded(x):
+    terms = jnp.where(p != 0, p * (log_s - (x - m)), 0)
+    return jnp.sum(_checks.nan_where(p < 0, terms), axis=-1)
   shape, width = x.shape, x.shape[-1]
   x, m, log_s, p = x.reshape(-1, width), m.reshape(-1, 1), log_s.reshape(-1, 1), p.reshape(-1, width)
   rows = x.shape[0]
   block = max(1, min(rows, 2**21 // width))
-  out = jnp.zeros((rows,), x.dtype)
+  out = jnp.zeros_like(x[:, 0])
 
   def step(start, out, size):
     xb, mb, lb, pb = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, m, log_s, p))
@@ -231,10 +289,16 @@ def _safe_loss(x, m, log_s, p):
   return out.reshape(shape[:-1])
 
 
+class SoftOptions(NamedTuple):
+  """Static options of the soft-label kernel."""
+
+  classes: Classes = Classes()
+
+
 def _soft_forward(options, logits, labels, mask):
-  del options
+  classes = options.classes
   x = logits.astype(labels.dtype)
-  log_s, m = _max_shifted(logits, labels.dtype, mask)
+  log_s, m = _max_shifted(logits, labels.dtype, mask, classes)
   p = labels if mask is None else jnp.where(mask, labels, 0)
   # L = Σ p·(log s - y), y = z - M, non-negative terms, summed without a
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
@@ -243,20 +307,33 @@ def _soft_forward(options, logits, labels, mask):
   # then the batch is summed again with 0·(-inf) = 0, a block of rows at a
   # time. (The barrier keeps XLA from sharing one stored z - M with log s.)
   y = x - jax.lax.optimization_barrier(m)
-  loss = jnp.sum(p * (log_s - y) + 0 * jnp.sqrt(p), axis=-1)
-  loss = jax.lax.cond(jnp.all(jnp.isfinite(loss)), lambda *_: loss, _safe_loss, x, m, log_s, p)
-  loss = jnp.where(_rows_kept(mask), loss, 0)
+  loss = classes.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
+  loss = jax.lax.cond(
+      jnp.all(jnp.isfinite(loss)),
+      lambda *_: loss,
+      lambda *args: classes.sum(_safe_loss(*args)[..., None])[..., 0],
+      x, m, log_s, p,
+  )
+  loss = jnp.where(_rows_kept(mask, classes), loss, 0)
   return loss, (m, log_s, jnp.isnan(loss)[..., None])
 
 
+def _like_logits(labels: jax.Array, logits: jax.Array) -> jax.Array:
+  """Soft labels laid out as the logits when those are explicitly sharded (else as given),
+  so that the elementwise gradient needs no gather of either."""
+  if not _explicitly_sharded(logits):
+    return labels
+  return jax.sharding.reshard(labels, jax.typeof(logits).sharding)
+
+
 def _soft_bwd(options, res, ct):
-  del options
   logits, labels, mask, (m, log_s, bad) = res
   p_hat = _softmax(logits, mask, m, log_s)
+  labels = _like_logits(labels, logits)
   p = labels if mask is None else jnp.where(mask, labels, 0)
-  kept = jnp.expand_dims(_rows_kept(mask), -1)
+  kept = jnp.expand_dims(_rows_kept(mask, options.classes), -1)
   scale = jnp.where(kept, _checks.nan_where(bad, ct[..., None]), 0)
-  total = jnp.sum(p, axis=-1, keepdims=True)
+  total = options.classes.sum(p)
   grad_logits = p_hat * (total * scale) - p * scale
   # ∂L/∂p = -log p̂ (computed only if used).
   grad_labels = _neg_log_softmax(logits, mask, m, log_s) * scale

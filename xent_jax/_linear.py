@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from xent_jax import _checks
+from xent_jax._fused import Classes
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -48,6 +49,7 @@ class _Options(NamedTuple):
   vocab_chunk: int
   token_chunk: int
   reduction: str
+  classes: Classes
 
 
 def default_chunk_size(rows: int, length: int) -> int:
@@ -60,6 +62,28 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
   """(number of steps, width) pairs: the full chunks, then the remainder if any."""
   full, rest = divmod(length, chunk)
   return [(n, w) for n, w in ((full, chunk), (1, rest)) if n and w]
+
+
+def _full(shape, value, dtype, *like: jax.Array) -> jax.Array:
+  """A loop's initial carry, typed (inside ``shard_map``) as varying over every mesh
+  axis any of ``like`` varies over, as the carry will after one step."""
+  out = jnp.full(shape, value, dtype)
+  axes = set().union(*(_varying_axes(x) for x in like))
+  return jax.lax.pcast(out, tuple(sorted(axes)), to="varying") if axes else out
+
+
+def _varying_axes(x: jax.Array) -> frozenset:
+  """The manual mesh axes ``x`` varies over (``typeof(x).vma`` in older JAX)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
+
+
+def _cotangent_for(ct: jax.Array, primal: jax.Array) -> jax.Array:
+  """``ct`` summed over the mesh axes it varies over and ``primal`` does not: inside
+  ``shard_map`` an input shared by several devices gets the sum of their gradients."""
+  extra = tuple(sorted(_varying_axes(ct) - _varying_axes(primal)))
+  return jax.lax.psum(ct, extra) if extra else ct
 
 
 def _slice(x, start, size, axis):
@@ -106,7 +130,8 @@ def _vocab_walk(h, w, labels, opts):
   """Online (M, log s, z_label, Σz) per token over vocabulary chunks (Eq. 4.2.35)."""
   n, vocab = h.shape[0], w.shape[1]
   dtype = _checks.compute_dtype(h.dtype, w.dtype)
-  carry = (jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
+  carry = tuple(_full((n,), value, dtype, h, w, labels) for value in (-jnp.inf, 0, 0, 0))
+  labels = labels - opts.classes.offset(vocab)  # this shard's class numbering
   start = 0
   for steps, width in _chunks(vocab, opts.vocab_chunk):
 
@@ -127,6 +152,11 @@ def _vocab_walk(h, w, labels, opts):
     carry = jax.lax.fori_loop(0, steps, step, carry)
     start += steps * width
   m, s, label_logit, sum_z = carry
+  if opts.classes.axis_name is not None:  # combine the shards' online statistics
+    m_all = opts.classes.max(m[:, None])[:, 0]
+    s = opts.classes.sum((s * jnp.exp(m - m_all))[:, None])[:, 0]
+    label_logit, sum_z = (opts.classes.sum(v[:, None])[:, 0] for v in (label_logit, sum_z))
+    m = m_all
   return m, jnp.log(s), label_logit, sum_z
 
 
@@ -147,9 +177,10 @@ def _reduce(per_token, labels, keep, opts):
 
 
 def _primal(opts, h, w, labels, keep):
+  vocab = opts.classes.size(w.shape[1])
   m, log_s, label_logit, sum_z = _vocab_walk(h, w, labels, opts)
-  loss = _row_loss(m, log_s, label_logit, sum_z, w.shape[1], opts)
-  return _reduce(_finish(loss, labels, keep, opts, w.shape[1]), labels, keep, opts)
+  loss = _row_loss(m, log_s, label_logit, sum_z, vocab, opts)
+  return _reduce(_finish(loss, labels, keep, opts, vocab), labels, keep, opts)
 
 
 def _row_scale(upstream, labels, keep, opts, vocab):
@@ -178,29 +209,30 @@ def _per_example(opts, h, w, labels, keep):
 
 
 def _per_example_fwd(opts, h, w, labels, keep):
+  vocab = opts.classes.size(w.shape[1])
   m, log_s, label_logit, sum_z = _vocab_walk(h, w, labels, opts)
-  loss = _row_loss(m, log_s, label_logit, sum_z, w.shape[1], opts)
-  return _finish(loss, labels, keep, opts, w.shape[1]), (h, w, labels, keep, m, log_s)
+  loss = _row_loss(m, log_s, label_logit, sum_z, vocab, opts)
+  return _finish(loss, labels, keep, opts, vocab), (h, w, labels, keep, m, log_s)
 
 
 def _per_example_bwd(opts, res, upstream):
   h, w, labels, keep, m, log_s = res
-  vocab = w.shape[1]
+  vocab, shard = opts.classes.size(w.shape[1]), opts.classes.offset(w.shape[1])
   scale = _row_scale(upstream.astype(m.dtype), labels, keep, opts, vocab)
-  dx = jnp.zeros(h.shape, m.dtype)
-  dw = jnp.zeros(w.shape, w.dtype)
+  dx = _full(h.shape, 0, m.dtype, h, w, labels, upstream)
+  dw = _full(w.shape, 0, w.dtype, h, w, labels, upstream)
   # hᵀ stored once in h's dtype, so dW = hᵀ G is a plain (D, N)·(N, chunk)
   # product: XLA:CPU would otherwise upcast a transposed bf16 h to float32.
   h_t = jax.lax.optimization_barrier(h.T)
   start = 0
-  for steps, width in _chunks(vocab, opts.vocab_chunk):
+  for steps, width in _chunks(w.shape[1], opts.vocab_chunk):
 
     def step(i, carry, start=start, width=width):
       dx, dw = carry
       offset = start + i * width
       w_chunk = _slice(w, offset, width, 1)
       z, dcap = _logits(h, w_chunk, opts)
-      g = _chunk_grad(z, dcap, labels, offset, m, log_s, scale, opts, vocab)
+      g = _chunk_grad(z, dcap, labels, shard + offset, m, log_s, scale, opts, vocab)
       g_in = g.astype(h.dtype)
       dx = dx + jnp.matmul(g_in, w_chunk.T, preferred_element_type=dx.dtype)
       dw_chunk = jnp.matmul(h_t, g_in.astype(w.dtype), preferred_element_type=m.dtype).astype(w.dtype)
@@ -208,7 +240,8 @@ def _per_example_bwd(opts, res, upstream):
 
     dx, dw = jax.lax.fori_loop(0, steps, step, (dx, dw))
     start += steps * width
-  return dx.astype(h.dtype), dw, None, None
+  # h is shared by the vocabulary shards, W by the token shards (data parallelism).
+  return _cotangent_for(dx, h).astype(h.dtype), _cotangent_for(dw, w), None, None
 
 
 _per_example.defvjp(_per_example_fwd, _per_example_bwd)
@@ -223,16 +256,19 @@ def _scalar(opts, h, w, labels, keep):
 
 
 def _scalar_fwd(opts, h, w, labels, keep):
-  n, vocab = h.shape[0], w.shape[1]
+  n, classes = h.shape[0], opts.classes
+  vocab, shard = classes.size(w.shape[1]), classes.offset(w.shape[1])
   dtype = _checks.compute_dtype(h.dtype, w.dtype)
   if opts.reduction == "mean":
     count = jnp.sum((keep & ~_ignored(labels, opts)).astype(dtype))
     per_token = jnp.where(count > 0, 1 / jnp.maximum(count, 1), 0)
   else:
     per_token = jnp.ones((), dtype)
-  total = jnp.zeros((), dtype)
-  dx = jnp.zeros(h.shape, h.dtype)
-  dw = jnp.zeros(w.shape, dtype)
+  # The loss and dX are combined over a split vocabulary (psum): they vary
+  # with the tokens only.
+  total = _full((), 0, dtype, h, labels, keep)
+  dx = _full(h.shape, 0, h.dtype, h, labels, keep)
+  dw = _full(w.shape, 0, dtype, h, w, labels, keep)
   start = 0
   for steps, rows in _chunks(n, opts.token_chunk):
 
@@ -243,27 +279,34 @@ def _scalar_fwd(opts, h, w, labels, keep):
       y_c = jax.lax.dynamic_slice_in_dim(labels, offset, rows)
       k_c = jax.lax.dynamic_slice_in_dim(keep, offset, rows)
       z, dcap = _logits(h_c, w, opts)
-      m = jnp.max(z, axis=-1)
-      log_s = jnp.log(jnp.sum(jnp.exp(z - m[:, None]), axis=-1))
-      label_logit = jnp.take_along_axis(z, jnp.clip(y_c, 0, vocab - 1)[:, None], axis=-1)[:, 0]
-      sum_z = jnp.sum(z, axis=-1) if opts.label_smoothing else None
+      m = classes.max(z)
+      log_s = jnp.log(classes.sum(jnp.exp(z - m)))[:, 0]
+      m = m[:, 0]
+      local = y_c - shard
+      here = (local >= 0) & (local < w.shape[1])
+      picked = jnp.take_along_axis(z, jnp.clip(local, 0, w.shape[1] - 1)[:, None], axis=-1)
+      label_logit = classes.sum(jnp.where(here[:, None], picked, 0))[:, 0]
+      sum_z = classes.sum(z)[:, 0] if opts.label_smoothing else None
       loss = _finish(_row_loss(m, log_s, label_logit, sum_z, vocab, opts), y_c, k_c, opts, vocab)
       scale = _row_scale(jnp.broadcast_to(per_token, (rows,)), y_c, k_c, opts, vocab)
-      g = _chunk_grad(z, dcap, y_c, 0, m, log_s, scale, opts, vocab).astype(h.dtype)
-      dx_c = jnp.matmul(g, w.T, preferred_element_type=dtype).astype(h.dtype)
+      g = _chunk_grad(z, dcap, y_c, shard, m, log_s, scale, opts, vocab).astype(h.dtype)
+      dx_c = jnp.matmul(g, w.T, preferred_element_type=dtype)
+      if classes.axis_name is not None:
+        dx_c = jax.lax.psum(dx_c, classes.axis_name)
+      dx_c = dx_c.astype(h.dtype)
       dw = dw + jnp.matmul(h_c.T, g.astype(w.dtype), preferred_element_type=dtype)
       return total + jnp.sum(loss), jax.lax.dynamic_update_slice_in_dim(dx, dx_c, offset, axis=0), dw
 
     total, dx, dw = jax.lax.fori_loop(0, steps, step, (total, dx, dw))
     start += steps * rows
   value = total * per_token if opts.reduction == "mean" else total
-  return value, (dx, dw.astype(w.dtype))
+  return value, (h, w, dx, dw.astype(w.dtype))
 
 
 def _scalar_bwd(opts, res, upstream):
-  dx, dw = res
+  h, w, dx, dw = res
   u = upstream.astype(_checks.compute_dtype(dx.dtype))
-  return (dx * u).astype(dx.dtype), (dw * u).astype(dw.dtype), None, None
+  return _cotangent_for((dx * u).astype(dx.dtype), h), _cotangent_for((dw * u).astype(dw.dtype), w), None, None
 
 
 _scalar.defvjp(_scalar_fwd, _scalar_bwd)
@@ -281,6 +324,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     chunk_size: int | None = None,
     reduction: str = "none",
+    axis_name: str | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy of ``embeddings @ classifier`` that never holds the logits.
 
@@ -310,6 +354,10 @@ def linear_cross_entropy(
       16 MiB.
     reduction: ``"none"`` (per-token losses, the default), ``"mean"`` (over
       tokens that are kept and not ignored) or ``"sum"``.
+    axis_name: inside ``shard_map``, the mesh axis the vocabulary is split
+      over: ``classifier`` is this device's ``[D, V/k]`` shard, the other
+      arguments are replicated; the online statistics are combined with
+      ``pmax``/``psum``, dW stays local and dX is summed over the shards.
 
   Returns:
     float32 (for 16-bit inputs) per-token losses of shape ``[...]``, or a
@@ -363,6 +411,7 @@ def linear_cross_entropy(
       vocab_chunk=min(chunk_size, vocab) if chunk_size and not scalar else default_chunk_size(n, vocab),
       token_chunk=min(chunk_size, n) if chunk_size and scalar else default_chunk_size(vocab, n),
       reduction=reduction,
+      classes=Classes(axis_name),
   )
   if reduction == "none":
     return _per_example(opts, h2, w, y2, k2).reshape(batch_shape)
