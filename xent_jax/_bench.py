@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from xent_jax import _classification as xent
-from xent_jax import _linear
+from xent_jax import _contrastive, _linear
 
 NUM_CLASSES = 32768
 
@@ -168,6 +168,33 @@ def run_linear(rounds: int) -> list[Row]:
   return rows
 
 
+def run_info_nce(rounds: int, batch: int = 4096, dim: int = 256) -> list[Row]:
+  """value_and_grad (w.r.t. queries and keys) of in-batch InfoNCE against scores + optax's CE."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  q = jax.random.normal(keys[0], (batch, dim))
+  k = q + jax.random.normal(keys[1], (batch, dim))
+
+  def naive(q, k):
+    qn = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+    kn = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(qn @ kn.T / 0.1, jnp.arange(batch)))
+
+  cases = {
+      "naive info_nce v&g": (naive, None),
+      "xent info_nce v&g": (lambda q, k: jnp.mean(_contrastive.info_nce(q, k, temperature=0.1)), "naive info_nce v&g"),
+  }
+  compiled, temp = {}, {}
+  for name, (fn, _) in cases.items():
+    compiled[name], temp[name] = compile_with_memory(jax.value_and_grad(fn, (0, 1)), q, k)
+    compiled[name] = (compiled[name], (q, k))
+  med = time_compiled(compiled, rounds)
+  return [
+      Row(f"{batch}×{dim}", "float32", name, base, med[name] * 1e3, med[name] / batch**2 * 1e9, float("nan"),
+          med[name] / med[base] if base else None, temp[name])
+      for name, (_, base) in cases.items()
+  ]
+
+
 def _print(rows: list[Row]) -> None:
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {NUM_CLASSES} classes")
   print(f"{'logits':>7} {'dtype':<9} {'function':<17} {'ms':>9} {'ns/logit':>9} {'× floor':>8} {'× base':>7} {'temp MiB':>9}  base")
@@ -185,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--only", help="only the functions whose name contains this (e.g. 'int v&g')")
-  parser.add_argument("--suite", choices=("fused", "linear", "all"), default="all")
+  parser.add_argument("--suite", choices=("fused", "linear", "info_nce", "all"), default="all")
   parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
   args = parser.parse_args(argv)
   sizes = [int(float(s) * 2**20) for s in args.sizes.split(",")]
@@ -194,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += run(sizes, args.dtypes.split(","), args.rounds, args.only)
   if args.suite in ("linear", "all"):
     rows += run_linear(args.rounds)
+  if args.suite in ("info_nce", "all"):
+    rows += run_info_nce(args.rounds)
   _print(rows)
   if args.json:
     with open(args.json, "w") as f:
