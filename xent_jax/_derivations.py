@@ -31,6 +31,7 @@ from xent_jax import _classification as losses
 from xent_jax import _closed_forms as cf
 from xent_jax import _contrastive as contrastive
 from xent_jax import _info as info
+from xent_jax import _linear
 
 C = 8  # classes
 N = 16  # examples
@@ -422,6 +423,18 @@ def _(rng, dtype):
   huge = float(jnp.finfo(dtype).max) / 2
   extreme = jax.nn.logsumexp(jnp.asarray([huge, -huge, 0.0], dtype))
   return max(error(jax.nn.logsumexp(z, axis=-1), reference), error(extreme, huge)), ulps(dtype, 4 * C)
+
+
+@check("4.2.35", "online LogSumExp over vocabulary chunks (linear CE): value and ∂/∂h, ∂/∂W = float64 closed forms")
+def _(rng, dtype):
+  h, w = _logits(rng, (N, 8), dtype, 1.0), _logits(rng, (8, 3 * C + 5), dtype, 1.0)
+  labels = rng.integers(0, w.shape[1], N)
+  z = _f64(h) @ _f64(w)
+  g = np.exp(_np_log_softmax(z)) - np.eye(w.shape[1])[labels]  # p̂ - onehot (Eq. 4.2.40)
+  fn = lambda h, w: jnp.sum(_linear.linear_cross_entropy(h, w, jnp.asarray(labels), chunk_size=C))
+  value, (dh, dw) = jax.value_and_grad(fn, (0, 1))(h, w)
+  errors = (error(value, _np_nll(z, labels).sum()), error(dh, g @ _f64(w).T), error(dw, _f64(h).T @ g))
+  return max(errors), ulps(dtype, 4 * N * h.shape[1])
 
 
 @check("4.2.36", "stable softmax equals the naive one where that is finite, and is finite everywhere")
