@@ -297,25 +297,32 @@ class SoftOptions(NamedTuple):
 
 def _soft_forward(options, logits, labels, mask):
   classes = options.classes
-  x = logits.astype(labels.dtype)
-  log_s, m = _max_shifted(logits, labels.dtype, mask, classes)
-  p = labels if mask is None else jnp.where(mask, labels, 0)
+  dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
+  log_s, m = _max_shifted(logits, dtype, mask, classes)
   # L = Σ p·(log s - y), y = z - M, non-negative terms, summed without a
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
   # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
   # then the batch is summed again with 0·(-inf) = 0, a block of rows at a
   # time. (The barrier keeps XLA from sharing one stored z - M with log s.)
-  y = x - jax.lax.optimization_barrier(m)
+  # Inputs stay in their dtypes and are converted inside each pass.
+  y = logits.astype(dtype) - jax.lax.optimization_barrier(m)
+  p = _targets(labels, mask, dtype)
   loss = classes.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
   loss = jax.lax.cond(
       jnp.all(jnp.isfinite(loss)),
       lambda *_: loss,
-      lambda *args: classes.sum(_safe_loss(*args)[..., None])[..., 0],
-      x, m, log_s, p,
+      lambda z, lb, mk, m, ls: classes.sum(_safe_loss(z.astype(dtype), m, ls, _targets(lb, mk, dtype))[..., None])[..., 0],
+      logits, labels, mask, m, log_s,
   )
   loss = jnp.where(_rows_kept(mask, classes), loss, 0)
   return loss, (m, log_s, jnp.isnan(loss)[..., None])
+
+
+def _targets(labels, mask, dtype):
+  """The soft labels in the compute dtype, 0 on masked classes."""
+  p = labels.astype(dtype)
+  return p if mask is None else jnp.where(mask, p, 0)
 
 
 def _like_logits(labels: jax.Array, logits: jax.Array) -> jax.Array:
@@ -329,8 +336,7 @@ def _like_logits(labels: jax.Array, logits: jax.Array) -> jax.Array:
 def _soft_bwd(options, res, ct):
   logits, labels, mask, (m, log_s, bad) = res
   p_hat = _softmax(logits, mask, m, log_s)
-  labels = _like_logits(labels, logits)
-  p = labels if mask is None else jnp.where(mask, labels, 0)
+  p = _targets(_like_logits(labels, logits), mask, m.dtype)
   kept = jnp.expand_dims(_rows_kept(mask, options.classes), -1)
   scale = jnp.where(kept, _checks.nan_where(bad, ct[..., None]), 0)
   total = options.classes.sum(p)
