@@ -98,9 +98,9 @@ def softmax_cross_entropy(
   logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
   classes = _classes(axis_name, axes)
   labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
-  p = _checks.classes_last(labels, axes)
-  if not jnp.issubdtype(p.dtype, jnp.floating):  # integer or boolean one-hot targets, as optax takes
-    p = p.astype(_checks.compute_dtype(x.dtype))
+  # In the compute dtype once, shared by forward and backward (integer or
+  # boolean one-hot targets are taken, as optax takes them).
+  p = _checks.classes_last(labels, axes).astype(_checks.compute_dtype(x.dtype, labels.dtype))
   return _fused.fused_soft_labels(_fused.SoftOptions(classes), x, p, mask).reshape(batch_shape)
 
 

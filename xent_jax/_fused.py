@@ -305,7 +305,7 @@ def _soft_forward(options, logits, labels, mask):
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
   # then the batch is summed again with 0·(-inf) = 0, a block of rows at a
   # time. (The barrier keeps XLA from sharing one stored z - M with log s.)
-  # Inputs stay in their dtypes and are converted inside each pass.
+  # The logits stay in their dtype and are converted inside each pass.
   y = logits.astype(dtype) - jax.lax.optimization_barrier(m)
   p = _targets(labels, mask, dtype)
   loss = classes.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
