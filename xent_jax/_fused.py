@@ -305,15 +305,15 @@ def _soft_forward(options, logits, labels, mask):
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
   # then the batch is summed again with 0·(-inf) = 0, a block of rows at a
   # time. (The barrier keeps XLA from sharing one stored z - M with log s.)
-  # The logits stay in their dtype and are converted inside each pass.
-  y = logits.astype(dtype) - jax.lax.optimization_barrier(m)
+  x = logits.astype(dtype)
+  y = x - jax.lax.optimization_barrier(m)
   p = _targets(labels, mask, dtype)
   loss = classes.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
   loss = jax.lax.cond(
       jnp.all(jnp.isfinite(loss)),
       lambda *_: loss,
-      lambda z, lb, mk, m, ls: classes.sum(_safe_loss(z.astype(dtype), m, ls, _targets(lb, mk, dtype))[..., None])[..., 0],
-      logits, labels, mask, m, log_s,
+      lambda *args: classes.sum(_safe_loss(*args)[..., None])[..., 0],
+      x, m, log_s, p,
   )
   loss = jnp.where(_rows_kept(mask, classes), loss, 0)
   return loss, (m, log_s, jnp.isnan(loss)[..., None])
