@@ -153,3 +153,9 @@ def nan_where(bad: jax.Array, x: jax.Array) -> jax.Array:
   ``jax.experimental.checkify`` with ``float_checks`` reports it.
   """
   return x + jnp.where(bad, jnp.nan, 0).astype(x.dtype)
+
+
+def label_validity(labels: jax.Array, num_classes: int, ignore_index: int | None) -> tuple[jax.Array, jax.Array]:
+  """(valid, ignored) per label: valid means in ``[0, num_classes)`` or the ignore index."""
+  ignored = jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index
+  return (labels >= 0) & (labels < num_classes) | ignored, ignored

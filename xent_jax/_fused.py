@@ -123,16 +123,14 @@ def _label_terms(options, labels, weights, local_classes):
   """Per-row validity, ignore flags, the label's index in this shard (clipped),
   whether this shard holds it, and the label weight w_c."""
   classes = options.classes
-  num_classes = classes.size(local_classes)
-  in_range = (labels >= 0) & (labels < num_classes)
-  ignored = jnp.zeros_like(in_range) if options.ignore_index is None else labels == options.ignore_index
+  valid, ignored = _checks.label_validity(labels, classes.size(local_classes), options.ignore_index)
   local = labels - classes.offset(local_classes)
   here = (local >= 0) & (local < local_classes)
   index = jnp.clip(local, 0, local_classes - 1)
   w_c = None
   if weights is not None:
     w_c = classes.sum(jnp.where(here, weights[index], 0)[..., None])[..., 0]
-  return in_range | ignored, ignored, index, here, w_c
+  return valid, ignored, index, here, w_c
 
 
 def _smoothing_weights(weights, mask, dtype, classes: Classes, local_classes: int, ndim: int):
@@ -267,9 +265,13 @@ fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
 def _safe_loss(x, m, log_s, p):
   """Σ p·(log s - (z - M)) per row with 0·(-inf) = 0, over blocks of rows of at most 8 MiB each
   (in one piece for explicitly sharded arrays, which are already split)."""
-  if _explicitly_sharded(x):
+
+  def row_sums(x, m, log_s, p):
     terms = jnp.where(p != 0, p * (log_s - (x - m)), 0)
     return jnp.sum(_checks.nan_where(p < 0, terms), axis=-1)
+
+  if _explicitly_sharded(x):
+    return row_sums(x, m, log_s, p)
   shape, width = x.shape, x.shape[-1]
   x, m, log_s, p = x.reshape(-1, width), m.reshape(-1, 1), log_s.reshape(-1, 1), p.reshape(-1, width)
   rows = x.shape[0]
@@ -277,9 +279,7 @@ def _safe_loss(x, m, log_s, p):
   out = jnp.zeros_like(x[:, 0])
 
   def step(start, out, size):
-    xb, mb, lb, pb = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, m, log_s, p))
-    terms = jnp.where(pb != 0, pb * (lb - (xb - mb)), 0)
-    value = jnp.sum(_checks.nan_where(pb < 0, terms), axis=-1)
+    value = row_sums(*(jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, m, log_s, p)))
     return jax.lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
 
   full, rest = divmod(rows, block)

@@ -106,13 +106,17 @@ def _logits(h, w, opts):
   return opts.softcap * t, 1 - jnp.square(t)
 
 
-def _ignored(labels, opts):
-  return jnp.zeros(labels.shape, bool) if opts.ignore_index is None else labels == opts.ignore_index
+def _counted(labels, keep, opts, dtype):
+  """How many tokens are kept and not ignored: the denominator of the mean."""
+  _, ignored = _checks.label_validity(labels, 0, opts.ignore_index)
+  return jnp.sum((keep & ~ignored).astype(dtype))
 
 
-def _label_terms(labels, opts, vocab):
-  ignored = _ignored(labels, opts)
-  return (labels >= 0) & (labels < vocab) | ignored, ignored
+def _label_logit(z, local, width):
+  """z[label] for the labels in this chunk (``local`` = label - chunk start), 0 for the others."""
+  here = (local >= 0) & (local < width)
+  picked = jnp.take_along_axis(z, jnp.clip(local, 0, width - 1)[:, None], axis=-1)[:, 0]
+  return jnp.where(here, picked, 0)
 
 
 def _row_loss(m, log_s, label_logit, sum_z, vocab, opts):
@@ -141,10 +145,7 @@ def _vocab_walk(h, w, labels, opts):
       z, _ = _logits(h, _slice(w, offset, width, 1), opts)
       m_new = jnp.maximum(m, jnp.max(z, axis=-1))
       s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=-1)
-      local = labels - offset
-      here = (local >= 0) & (local < width)
-      picked = jnp.take_along_axis(z, jnp.clip(local, 0, width - 1)[:, None], axis=-1)[:, 0]
-      label_logit = label_logit + jnp.where(here, picked, 0)
+      label_logit = label_logit + _label_logit(z, labels - offset, width)
       if opts.label_smoothing:
         sum_z = sum_z + jnp.sum(z, axis=-1)
       return m_new, s, label_logit, sum_z
@@ -161,7 +162,7 @@ def _vocab_walk(h, w, labels, opts):
 
 
 def _finish(loss, labels, keep, opts, vocab):
-  valid, ignored = _label_terms(labels, opts, vocab)
+  valid, ignored = _checks.label_validity(labels, vocab, opts.ignore_index)
   loss = _checks.nan_where(~valid, loss)
   return jnp.where(keep & ~ignored, loss, 0)
 
@@ -172,7 +173,7 @@ def _reduce(per_token, labels, keep, opts):
   total = jnp.sum(per_token)
   if opts.reduction == "sum":
     return total
-  count = jnp.sum((keep & ~_ignored(labels, opts)).astype(total.dtype))
+  count = _counted(labels, keep, opts, total.dtype)
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0)
 
 
@@ -185,7 +186,7 @@ def _primal(opts, h, w, labels, keep):
 
 def _row_scale(upstream, labels, keep, opts, vocab):
   """The per-token factor of G: the upstream gradient, 0 for skipped tokens, NaN for bad labels."""
-  valid, ignored = _label_terms(labels, opts, vocab)
+  valid, ignored = _checks.label_validity(labels, vocab, opts.ignore_index)
   return jnp.where(keep & ~ignored, _checks.nan_where(~valid, upstream), 0)
 
 
@@ -260,7 +261,7 @@ def _scalar_fwd(opts, h, w, labels, keep):
   vocab, shard = classes.size(w.shape[1]), classes.offset(w.shape[1])
   dtype = _checks.compute_dtype(h.dtype, w.dtype)
   if opts.reduction == "mean":
-    count = jnp.sum((keep & ~_ignored(labels, opts)).astype(dtype))
+    count = _counted(labels, keep, opts, dtype)
     per_token = jnp.where(count > 0, 1 / jnp.maximum(count, 1), 0)
   else:
     per_token = jnp.ones((), dtype)
@@ -282,10 +283,7 @@ def _scalar_fwd(opts, h, w, labels, keep):
       m = classes.max(z)
       log_s = jnp.log(classes.sum(jnp.exp(z - m)))[:, 0]
       m = m[:, 0]
-      local = y_c - shard
-      here = (local >= 0) & (local < w.shape[1])
-      picked = jnp.take_along_axis(z, jnp.clip(local, 0, w.shape[1] - 1)[:, None], axis=-1)
-      label_logit = classes.sum(jnp.where(here[:, None], picked, 0))[:, 0]
+      label_logit = classes.sum(_label_logit(z, y_c - shard, w.shape[1])[:, None])[:, 0]
       sum_z = classes.sum(z)[:, 0] if opts.label_smoothing else None
       loss = _finish(_row_loss(m, log_s, label_logit, sum_z, vocab, opts), y_c, k_c, opts, vocab)
       scale = _row_scale(jnp.broadcast_to(per_token, (rows,)), y_c, k_c, opts, vocab)
