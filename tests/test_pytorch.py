@@ -185,3 +185,12 @@ def test_pos_weight_zero_at_infinite_logit_is_finite():
   value, grad = jax.value_and_grad(lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=jnp.float32(0.0))))(z)
   assert value == 0.0
   np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_cross_entropy_under_vmap():
+  """vmap over a leading axis equals the batched call, for class indices and probabilities."""
+  for target in (INDEX_IGNORED, PROBS):
+    fn = lambda z, t: xent_jax.cross_entropy(z, t, weight=WEIGHT, label_smoothing=0.1, axis=0)
+    mapped = jax.vmap(fn)(LOGITS, target)
+    want = np.array([ref.torch_cross_entropy(*_flat(LOGITS[i : i + 1], target[i : i + 1], 1), WEIGHT, -100, "mean", 0.1)[0] for i in range(N)])
+    np.testing.assert_allclose(mapped, want, rtol=2e-6, atol=1e-6)
