@@ -49,7 +49,8 @@ def compute_dtype(*dtypes: jnp.dtype) -> jnp.dtype:
 
 
 def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
-  """Canonical, sorted, non-negative class axes; ``None`` means all axes."""
+  """Non-negative axes in the order given (optax flattens class axes in that order);
+  ``None`` means all axes."""
   if axis is None:
     return tuple(range(ndim))
   axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -64,7 +65,7 @@ def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
     out.append(int(a) % ndim)
   if len(set(out)) != len(out):
     raise ValueError(f"`{name}`={axis!r} repeats an axis.")
-  return tuple(sorted(out))
+  return tuple(out)
 
 
 def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:

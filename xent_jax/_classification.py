@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xent_jax import _checks, _fused
+from xent_jax import _checks, _core, _fused
 from xent_jax._checks import Axis
 
 ArrayLike = jax.typing.ArrayLike
@@ -96,18 +96,18 @@ def softmax_cross_entropy(
     optax.losses.softmax_cross_entropy, whose signature this follows.
   """
   logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
-  classes = _classes(axis_name, axes)
+  class_axis = _class_axis(axis_name, axes)
   labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
   # In the compute dtype once, shared by forward and backward (integer or
   # boolean one-hot targets are taken, as optax takes them).
   p = _checks.classes_last(labels, axes).astype(_checks.compute_dtype(x.dtype, labels.dtype))
-  return _fused.fused_soft_labels(_fused.SoftOptions(classes), x, p, mask).reshape(batch_shape)
+  return _fused.fused_soft_labels(_fused.SoftOptions(class_axis), x, p, mask).reshape(batch_shape)
 
 
-def _classes(axis_name, axes: tuple[int, ...]) -> _fused.Classes:
+def _class_axis(axis_name, axes: tuple[int, ...]) -> _core.ClassAxis:
   if axis_name is not None and len(axes) != 1:
     raise ValueError(f"`axis_name` splits one class axis; got class axes {axes}.")
-  return _fused.Classes(axis_name)
+  return _core.ClassAxis(axis_name)
 
 
 def softmax_cross_entropy_with_integer_labels(
@@ -187,19 +187,14 @@ def softmax_cross_entropy_with_integer_labels(
     label_smoothing); Chowdhery et al., PaLM (2022), the z-loss.
   """
   _, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
-  classes = _classes(axis_name, axes)
+  class_axis = _class_axis(axis_name, axes)
   labels = _checks.as_integer(labels, "labels")
   if labels.shape != batch_shape:
     raise ValueError(
         f"`labels` has shape {labels.shape}; expected the logits' shape without"
         f" the class axes, {batch_shape}."
     )
-  options = _fused.IntegerOptions(
-      label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
-      z_loss=_checks.static_number(z_loss, "z_loss", low=0.0),
-      ignore_index=_checks.static_index(ignore_index, "ignore_index"),
-      classes=classes,
-  )
+  options = _fused.IntegerOptions(_core.options(label_smoothing, z_loss, ignore_index), class_axis)
   weights = None if class_weights is None else class_weight_vector(class_weights, x.shape[-1], "class_weights")
   return _fused.fused_integer_labels(options, x, labels, weights, mask)
 

@@ -1,19 +1,27 @@
-"""The fused softmax cross-entropy (seed Eq. 4.2.35–4.2.40) as ``jax.custom_vjp``.
+"""The fused softmax cross-entropy (seed Eq. 4.2.35–4.2.40), in forward and reverse mode.
 
 Both kernels work on the last axis of ``logits`` (callers move the class axes
-there). The forward computes, per row, a shift M and log s = log Σ exp(z - M),
-and the loss from them, never forming log p̂ = z - logsumexp(z) at the scale
-of z (so large logits lose no precision to cancellation). M is the row max
-(Eq. 4.2.35); the integer-label kernel first tries the label's logit, which
-needs one pass over the logits instead of two (see ``_label_shifted``). The
-residuals are the logits as given (no copy, no upcast), the labels, the mask
-and a few numbers per row: no N×C softmax is stored. The backward recomputes
-p̂ = exp((z - M) - log s) (kept apart rather than as z - logsumexp(z), which
-would lose the low bits of log s next to a large M) and returns p̂·Σp - p
-(Eq. 4.2.29–4.2.31, 4.2.40), which is plain differentiable JAX so
-``jax.hessian`` works. The per-row factors (Σp, the upstream gradient, NaN for
-bad data) are folded in before the N×C expression, so each element costs one
-exp and a few flops."""
+there) and are a ``jax.custom_jvp`` built by ``_fused_loss``:
+
+* The rule's primal computes, per row, a shift M and log s = log Σ exp(z - M),
+  and the loss from them, never forming log p̂ = z - logsumexp(z) at the scale
+  of z (so large logits lose no precision to cancellation). M is the row max
+  (Eq. 4.2.35); the integer-label kernel first tries the label's logit, which
+  needs one pass over the logits instead of two (see ``_label_shifted``).
+* The tangent is Σ_k (∂L/∂z_k) ż_k plus the labels' or class weights' terms,
+  with ∂L/∂z = p̂·Σq - q (Eq. 4.2.29–4.2.31, 4.2.40) from the row factors of
+  ``_core``, and p̂ = exp((z - M) - log s) recomputed from the logits (kept
+  apart rather than as z - logsumexp(z), which would lose the low bits of
+  log s next to a large M). The tangent map is linear in the tangents and
+  sits under ``jax.checkpoint``, so reverse mode, which transposes it, keeps
+  only the inputs and the row statistics (no N×C softmax) and recomputes p̂.
+
+One rule gives ``jax.jvp``, ``jax.jacfwd`` and ``jax.linearize`` as well as
+``jax.grad`` and ``jax.jacrev``; the rule is plain differentiable JAX, so
+second order (``jax.hessian``, jvp of grad) works too. Transposition also
+gives the right cotangents inside ``shard_map`` (summed over the devices
+that share a replicated input) with no rule of ours.
+"""
 
 from __future__ import annotations
 
@@ -22,49 +30,29 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
-from xent_jax import _checks
-
-
-class Classes(NamedTuple):
-  """The class axis: the last axis of the local logits, split over the mesh
-  axis ``axis_name`` inside ``shard_map`` (vocabulary parallelism) when given.
-  Row reductions are local ones combined with ``psum``/``pmax``."""
-
-  axis_name: str | None = None
-
-  def sum(self, x: jax.Array) -> jax.Array:
-    total = jnp.sum(x, axis=-1, keepdims=True)
-    return total if self.axis_name is None else jax.lax.psum(total, self.axis_name)
-
-  def max(self, x: jax.Array) -> jax.Array:
-    top = jnp.max(x, axis=-1, keepdims=True)
-    return top if self.axis_name is None else jax.lax.pmax(top, self.axis_name)
-
-  def offset(self, local: int):
-    """Global index of this shard's first class."""
-    return 0 if self.axis_name is None else jax.lax.axis_index(self.axis_name) * local
-
-  def size(self, local: int) -> int:
-    return local if self.axis_name is None else local * jax.lax.axis_size(self.axis_name)
+from xent_jax import _checks, _core
+from xent_jax._core import ClassAxis
 
 
-def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None, classes: Classes):
+def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: ClassAxis):
   """(log s, M) per row with M the masked row max (Eq. 4.2.35) and s = Σ exp(z - M)."""
   x = logits.astype(dtype)
   if mask is not None:
     x = jnp.where(mask, x, -jnp.inf)
-  m = classes.max(x)
+  m = class_axis.max(x)
   m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  return jnp.log(classes.sum(jnp.exp(x - m))), m
+  return jnp.log(class_axis.sum(jnp.exp(x - m))), m
 
 
-def _rows_kept(mask: jax.Array | None, classes: Classes) -> jax.Array | bool:
+def _rows_kept(mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array | bool:
+  """Whether each row has a class that ``where`` keeps (True without a mask)."""
   if mask is None:
     return True
   if mask.shape[-1] == 1:  # a mask of the batch shape, the same on every shard
     return mask[..., 0]
-  return classes.sum(mask.astype(jnp.int32))[..., 0] > 0
+  return class_axis.sum(mask.astype(jnp.int32))[..., 0] > 0
 
 
 def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
@@ -82,67 +70,50 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax
   return p_hat if mask is None else jnp.where(mask, p_hat, 0)
 
 
-def _fused_loss(forward, backward):
-  """A custom_vjp of (options, logits, *arrays) saving the inputs and forward's row statistics.
+def _fused_loss(forward, tangent):
+  """A custom_jvp of (options, logits, *arrays) from a forward and a tangent map.
 
-  ``options`` is static (hashable, ``nondiff_argnums``); the arrays are
-  ordinary arguments whose cotangents the backward returns (``None`` for
-  integer labels and masks).
+  ``forward(options, logits, *arrays)`` returns (loss, row statistics);
+  ``tangent(options, logits, *arrays, stats, dlogits, *darrays)`` is linear in
+  the d-arguments, each None where its tangent is zero (integer labels and
+  masks always). ``options`` is static (hashable, ``nondiff_argnums``).
   """
 
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
   def loss(options, logits: jax.Array, *arrays: jax.Array | None) -> jax.Array:
     return forward(options, logits, *arrays)[0]
 
-  def fwd(options, logits, *arrays):
-    value, stats = forward(options, logits, *arrays)
-    return value, (logits, *arrays, stats)
+  remat_tangent = jax.checkpoint(tangent, static_argnums=(0,))
 
-  loss.defvjp(fwd, backward)
+  def jvp(options, primals, tangents):
+    value, stats = forward(options, *primals)
+    tangents = [None if isinstance(t, SymbolicZero) else t for t in tangents]
+    if all(t is None for t in tangents):
+      return value, jnp.zeros_like(value)
+    return value, remat_tangent(options, *primals, stats, *tangents).astype(value.dtype)
+
+  loss.defjvp(jvp, symbolic_zeros=True)
   return loss
 
 
 class IntegerOptions(NamedTuple):
-  """Static options of the integer-label kernel (see ``fused_integer_labels``)."""
+  """Static options of the integer-label kernel: the CE options and the class axis."""
 
-  label_smoothing: float = 0.0
-  z_loss: float = 0.0
-  ignore_index: int | None = None
-  classes: Classes = Classes()
+  ce: _core.Options = _core.Options()
+  class_axis: ClassAxis = ClassAxis()
 
 
-# Integer labels (Eq. 4.2.37–4.2.38) with optional class weights w, label
-# smoothing ε over the K allowed classes and a z-loss ζ (PaLM's log²Z):
-#   L = (1-ε) w_c (lse - z_c) + (ε/K) Σ_allowed w_i (lse - z_i) + ζ lse²,
-# which is the soft-label loss of q = (1-ε) w_c e_c + (ε/K) w·allowed plus ζ lse²,
-# so ∂L/∂z = p̂ (Σq + 2ζ lse) - q (Eq. 4.2.40). ε, ζ and the ignore index are
-# static; nothing N×C is stored.
+class _Label(NamedTuple):
+  """Where each row's label is in this shard: its index (clipped) and whether it is here."""
+
+  index: jax.Array
+  here: jax.Array | bool
 
 
-def _label_terms(options, labels, weights, local_classes):
-  """Per-row validity, ignore flags, the label's index in this shard (clipped),
-  whether this shard holds it, and the label weight w_c."""
-  classes = options.classes
-  valid, ignored = _checks.label_validity(labels, classes.size(local_classes), options.ignore_index)
-  local = labels - classes.offset(local_classes)
-  here = (local >= 0) & (local < local_classes)
-  index = jnp.clip(local, 0, local_classes - 1)
-  w_c = None
-  if weights is not None:
-    w_c = classes.sum(jnp.where(here, weights[index], 0)[..., None])[..., 0]
-  return valid, ignored, index, here, w_c
-
-
-def _smoothing_weights(weights, mask, dtype, classes: Classes, local_classes: int, ndim: int):
-  """w/K on the allowed classes (1/K without weights), 0 on masked ones; K = #allowed."""
-  lead = (1,) * (ndim - 1)
-  w = jnp.ones(lead + (1,), dtype) if weights is None else weights.astype(dtype).reshape(lead + weights.shape)
-  if mask is None:
-    return w / classes.size(local_classes)
-  if mask.shape[-1] == 1:
-    return jnp.where(mask, w, 0) / classes.size(local_classes)
-  k = jnp.maximum(classes.sum(mask.astype(jnp.int32)), 1).astype(dtype)
-  return jnp.where(mask, w, 0) / k
+def _locate(labels: jax.Array, local_classes: int, class_axis: ClassAxis) -> _Label:
+  local = labels - class_axis.offset(local_classes)
+  here = (local >= 0) & (local < local_classes) if class_axis.axis_name is not None else True
+  return _Label(jnp.clip(local, 0, local_classes - 1), here)
 
 
 def _explicitly_sharded(x: jax.Array) -> bool:
@@ -151,24 +122,57 @@ def _explicitly_sharded(x: jax.Array) -> bool:
   return spec is not None and any(axis is not None for axis in spec)
 
 
-def _label_logit(x, index, here, classes):
-  """z_c per row, (..., 1), from the unmasked logits (optax's reading of a masked label).
+def _pick_label(x: jax.Array, label: _Label, class_axis: ClassAxis) -> jax.Array:
+  """x[label] per row, shape (..., 1), summed over the shards (linear in ``x``).
 
-  A gather, except for explicitly sharded logits, where a gather's output
-  sharding is ambiguous: there it is a one-hot sum, partial per shard.
+  A gather, whose transpose is a scatter of the N label entries (on XLA:CPU an
+  ``iota == label`` one-hot in the N×C backward cost 20% of a
+  value_and_grad), except for explicitly sharded logits, where a gather's
+  output sharding is ambiguous: there it is a one-hot sum, partial per shard.
   """
   if _explicitly_sharded(x):
-    iota = jax.lax.broadcasted_iota(index.dtype, x.shape, x.ndim - 1)
-    picked = jnp.sum(jnp.where(iota == index[..., None], x, 0), axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(label.index.dtype, x.shape, x.ndim - 1)
+    picked = jnp.sum(jnp.where(iota == label.index[..., None], x, 0), axis=-1, keepdims=True)
   else:
-    picked = jnp.take_along_axis(x, index[..., None], axis=-1)
-  return picked if classes.axis_name is None else classes.sum(jnp.where(here[..., None], picked, 0))
+    picked = jnp.take_along_axis(x, label.index[..., None], axis=-1)
+  if class_axis.axis_name is None:
+    return picked
+  return class_axis.sum(jnp.where(jnp.expand_dims(label.here, -1), picked, 0))
+
+
+def _label_weight(weights: jax.Array, label: _Label, class_axis: ClassAxis) -> jax.Array:
+  """w[label] per row, shape (..., 1) (linear in ``w``); with explicitly sharded labels the
+  gather's output takes the labels' sharding."""
+  index = label.index
+  if _explicitly_sharded(index):
+    picked = weights.at[index].get(out_sharding=jax.typeof(index).sharding)
+  else:
+    picked = weights[index]
+  if class_axis.axis_name is None:
+    return picked[..., None]
+  return class_axis.sum(jnp.where(label.here, picked, 0)[..., None])
+
+
+def _weights_row(weights: jax.Array, ndim: int) -> jax.Array:
+  """Class weights shaped to broadcast against logits of rank ``ndim``."""
+  return weights.reshape((1,) * (ndim - 1) + weights.shape)
+
+
+def _smoothing_weights(weights, mask, dtype, class_axis: ClassAxis, local_classes: int, ndim: int):
+  """w/K on the allowed classes (1/K without weights), 0 on masked ones; K = #allowed."""
+  w = jnp.ones((1,) * ndim, dtype) if weights is None else _weights_row(weights.astype(dtype), ndim)
+  if mask is None:
+    return w / class_axis.size(local_classes)
+  if mask.shape[-1] == 1:
+    return jnp.where(mask, w, 0) / class_axis.size(local_classes)
+  k = jnp.maximum(class_axis.sum(mask.astype(jnp.int32)), 1).astype(dtype)
+  return jnp.where(mask, w, 0) / k
 
 
 _MAX_LABEL_SHIFTED_SUM = 2.0**32
 
 
-def _label_shifted(logits, dtype, mask, shift, matters, classes: Classes):
+def _label_shifted(logits, dtype, mask, shift, matters, class_axis: ClassAxis):
   """(log s, M) with M = the label's logit when that is safe for the batch, else the row max.
 
   Shifting by the label's logit z_c needs one pass over the logits (the max
@@ -185,78 +189,86 @@ def _label_shifted(logits, dtype, mask, shift, matters, classes: Classes):
   y = logits.astype(dtype) - shift
   if mask is not None:
     y = jnp.where(mask, y, -jnp.inf)
-  s = classes.sum(jnp.exp(y))
+  s = class_axis.sum(jnp.exp(y))
   safe = jnp.where(matters[..., None], (s >= 1) & (s <= _MAX_LABEL_SHIFTED_SUM), (s > 0) & (s < jnp.inf))
   return jax.lax.cond(
       jnp.all(safe),
       lambda logits, mask: (jnp.log(s), shift),
-      lambda logits, mask: _max_shifted(logits, dtype, mask, classes),
+      lambda logits, mask: _max_shifted(logits, dtype, mask, class_axis),
       logits,
       mask,
   )
 
 
-def _int_forward(options, logits, labels, weights, mask):
+class _IntegerRows(NamedTuple):
+  """What both the primal and the tangent of the integer kernel need per row."""
+
+  label: _Label
+  rows: _core.Rows
+  label_weight: jax.Array | None  # w_c, (..., 1)
+  spread: jax.Array | None  # the smoothing weights w/K, broadcastable to the logits
+
+
+def _integer_rows(options: IntegerOptions, logits, labels, weights, mask, dtype) -> _IntegerRows:
+  class_axis, local = options.class_axis, logits.shape[-1]
+  label = _locate(labels, local, class_axis)
+  rows = _core.rows(labels, class_axis.size(local), options.ce, _rows_kept(mask, class_axis))
+  label_weight = None
+  if weights is not None:
+    label_weight = _label_weight(weights, label, class_axis).astype(dtype)
+  spread = None
+  if options.ce.label_smoothing:
+    spread = _smoothing_weights(weights, mask, dtype, class_axis, local, logits.ndim)
+  return _IntegerRows(label, rows, label_weight, spread)
+
+
+def _int_forward(options: IntegerOptions, logits, labels, weights, mask):
   dtype = _checks.compute_dtype(logits.dtype)
-  classes, local_classes = options.classes, logits.shape[-1]
-  valid, ignored, index, here, w_c = _label_terms(options, labels, weights, local_classes)
+  class_axis = options.class_axis
+  r = _integer_rows(options, logits, labels, weights, mask, dtype)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
-  label_logit = _label_logit(logits, index, here, classes).astype(dtype)
-  keep = _rows_kept(mask, classes) & ~ignored
-  log_s, m = _label_shifted(logits, dtype, mask, label_logit, keep & valid, classes)
-  loss = (log_s - (label_logit - m))[..., 0]
-  if w_c is not None:
-    loss = w_c.astype(dtype) * loss
-  eps = options.label_smoothing
-  if eps:
-    w = _smoothing_weights(weights, mask, dtype, classes, local_classes, logits.ndim)
-    smooth = classes.sum(jnp.where(w != 0, w * _neg_log_softmax(logits, mask, m, log_s), 0))[..., 0]
-    loss = (1 - eps) * loss + eps * smooth
-  if options.z_loss:
-    loss = loss + options.z_loss * jnp.square(m + log_s)[..., 0]
-  loss = _checks.nan_where(~valid, loss)
-  return jnp.where(keep, loss, 0), (m, log_s)
+  label_logit = _pick_label(logits, r.label, class_axis).astype(dtype)
+  log_s, m = _label_shifted(logits, dtype, mask, label_logit, r.rows.counted & r.rows.valid, class_axis)
+  smooth = None
+  if r.spread is not None:
+    nll = _neg_log_softmax(logits, mask, m, log_s)
+    smooth = class_axis.sum(jnp.where(r.spread != 0, r.spread * nll, 0))
+  value = _core.loss(r.rows, options.ce, log_s - (label_logit - m), m + log_s, smooth, r.label_weight)
+  return value[..., 0], (m, log_s)
 
 
-def _int_bwd(options, res, ct):
-  logits, labels, weights, mask, (m, log_s) = res
-  p_hat = _softmax(logits, mask, m, log_s)
-  dtype, classes, local_classes = p_hat.dtype, options.classes, p_hat.shape[-1]
-  valid, ignored, index, here, w_c = _label_terms(options, labels, weights, local_classes)
-  keep = _rows_kept(mask, classes) & ~ignored
-  # Everything per row is folded into two row factors, so each element costs
-  # one exp, a multiply and a compare: grad = p̂·(Σq + 2ζ lse)·u - q·u.
-  scale = jnp.where(keep, _checks.nan_where(~valid, ct.astype(dtype)), 0)[..., None]
-  eps = options.label_smoothing
-  label_mass = (1 - eps) * (scale if w_c is None else w_c.astype(dtype)[..., None] * scale)
-  total = label_mass
-  spread = None
-  if eps:
-    spread = eps * _smoothing_weights(weights, mask, dtype, classes, local_classes, p_hat.ndim)
-    total = total + classes.sum(jnp.broadcast_to(spread, p_hat.shape)) * scale
-  if options.z_loss:
-    total = total + 2 * options.z_loss * (m + log_s) * scale
-  iota = jax.lax.broadcasted_iota(labels.dtype, p_hat.shape, p_hat.ndim - 1)
-  onehot = (iota == index[..., None]) & here[..., None]
-  grad = p_hat * total - jnp.where(onehot, label_mass, 0)
-  if spread is not None:
-    grad = grad - spread * scale
-  grad_weights = None
-  if weights is not None:
-    # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i), summed over rows.
-    label_logit = _label_logit(logits, index, here, classes).astype(dtype)
-    per_class = jnp.where(onehot, (1 - eps) * (log_s - (label_logit - m)), 0)
+def _int_tangent(options: IntegerOptions, logits, labels, weights, mask, stats, dlogits, dlabels, dweights, dmask):
+  """dL = Σ_k (p̂_k·softmax - e_c·label - spread_k)·ż_k + Σ_i (∂L/∂w_i) ẇ_i per row."""
+  del dlabels, dmask  # integer labels and boolean masks have no tangent
+  m, log_s = stats
+  dtype, class_axis = m.dtype, options.class_axis
+  r = _integer_rows(options, logits, labels, weights, mask, dtype)
+  spread_total = None if r.spread is None else class_axis.sum(jnp.broadcast_to(r.spread, logits.shape))
+  f = _core.factors(r.rows, options.ce, m + log_s, spread_total, r.label_weight)
+  out = jnp.zeros_like(m)
+  if dlogits is not None:
+    dz = dlogits.astype(dtype)
+    out = f.softmax * class_axis.sum(_softmax(logits, mask, m, log_s) * dz) - f.label * _pick_label(dz, r.label, class_axis)
+    if f.spread is not None:
+      out = out - f.spread * class_axis.sum(r.spread * dz)
+  if dweights is not None:
+    # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i).
+    eps = options.ce.label_smoothing
+    dw = dweights.astype(dtype)
+    label_nll = log_s - (_pick_label(logits, r.label, class_axis).astype(dtype) - m)
+    per_row = (1 - eps) * label_nll * _label_weight(dw, r.label, class_axis)
     if eps:
-      uniform = _smoothing_weights(None, mask, dtype, classes, local_classes, p_hat.ndim)
-      per_class = per_class + eps * uniform * _neg_log_softmax(logits, mask, m, log_s)
-    grad_weights = jnp.sum((per_class * scale).reshape(-1, local_classes), axis=0).astype(weights.dtype)
-  return grad.astype(logits.dtype), None, grad_weights, None
+      uniform = _smoothing_weights(None, mask, dtype, class_axis, logits.shape[-1], logits.ndim)
+      nll = _neg_log_softmax(logits, mask, m, log_s)
+      per_row = per_row + eps * class_axis.sum(uniform * _weights_row(dw, logits.ndim) * nll)
+    out = out + f.scale * per_row
+  return out[..., 0]
 
 
 # Per-row loss over the last axis: fused_integer_labels(options, logits, labels, weights, mask);
 # NaN for labels out of range that are not the ignore index, 0 for ignored rows.
-fused_integer_labels = _fused_loss(_int_forward, _int_bwd)
+fused_integer_labels = _fused_loss(_int_forward, _int_tangent)
 
 
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
@@ -292,13 +304,13 @@ def _safe_loss(x, m, log_s, p):
 class SoftOptions(NamedTuple):
   """Static options of the soft-label kernel."""
 
-  classes: Classes = Classes()
+  class_axis: ClassAxis = ClassAxis()
 
 
-def _soft_forward(options, logits, labels, mask):
-  classes = options.classes
+def _soft_forward(options: SoftOptions, logits, labels, mask):
+  class_axis = options.class_axis
   dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
-  log_s, m = _max_shifted(logits, dtype, mask, classes)
+  log_s, m = _max_shifted(logits, dtype, mask, class_axis)
   # L = Σ p·(log s - y), y = z - M, non-negative terms, summed without a
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
   # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
@@ -308,19 +320,19 @@ def _soft_forward(options, logits, labels, mask):
   x = logits.astype(dtype)
   y = x - jax.lax.optimization_barrier(m)
   p = _targets(labels, mask, dtype)
-  loss = classes.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
+  loss = class_axis.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
   loss = jax.lax.cond(
       jnp.all(jnp.isfinite(loss)),
       lambda *_: loss,
-      lambda *args: classes.sum(_safe_loss(*args)[..., None])[..., 0],
+      lambda *args: class_axis.sum(_safe_loss(*args)[..., None])[..., 0],
       x, m, log_s, p,
   )
-  loss = jnp.where(_rows_kept(mask, classes), loss, 0)
+  loss = jnp.where(_rows_kept(mask, class_axis), loss, 0)
   return loss, (m, log_s, jnp.isnan(loss)[..., None])
 
 
 def _targets(labels, mask, dtype):
-  """The soft labels in the compute dtype, 0 on masked classes."""
+  """The soft labels (or their tangent) in the compute dtype, 0 on masked classes."""
   p = labels.astype(dtype)
   return p if mask is None else jnp.where(mask, p, 0)
 
@@ -333,18 +345,24 @@ def _like_logits(labels: jax.Array, logits: jax.Array) -> jax.Array:
   return jax.sharding.reshard(labels, jax.typeof(logits).sharding)
 
 
-def _soft_bwd(options, res, ct):
-  logits, labels, mask, (m, log_s, bad) = res
-  p_hat = _softmax(logits, mask, m, log_s)
-  p = _targets(_like_logits(labels, logits), mask, m.dtype)
-  kept = jnp.expand_dims(_rows_kept(mask, options.classes), -1)
-  scale = jnp.where(kept, _checks.nan_where(bad, ct[..., None]), 0)
-  total = options.classes.sum(p)
-  grad_logits = p_hat * (total * scale) - p * scale
-  # ∂L/∂p = -log p̂ (computed only if used).
-  grad_labels = _neg_log_softmax(logits, mask, m, log_s) * scale
-  return grad_logits.astype(logits.dtype), grad_labels.astype(labels.dtype), None
+def _soft_tangent(options: SoftOptions, logits, labels, mask, stats, dlogits, dlabels, dmask):
+  """dL = Σ_k (p̂_k Σp - p_k) ż_k + Σ_k (-log p̂_k) ṗ_k per row; NaN rows stay NaN."""
+  del dmask
+  m, log_s, bad = stats
+  class_axis = options.class_axis
+  scale = jnp.where(jnp.expand_dims(_rows_kept(mask, class_axis), -1), _checks.nan_where(bad, jnp.ones_like(m)), 0)
+  out = jnp.zeros_like(m)
+  if dlogits is not None:
+    p = _targets(_like_logits(labels, logits), mask, m.dtype)
+    dz = dlogits.astype(m.dtype)
+    p_hat_dz = class_axis.sum(_softmax(logits, mask, m, log_s) * dz)
+    out = (scale * class_axis.sum(p)) * p_hat_dz - scale * class_axis.sum(p * dz)
+  if dlabels is not None:
+    # ∂L/∂p = -log p̂ (+inf on a class with z = -inf, as the mathematics says).
+    dp = _targets(_like_logits(dlabels, logits), mask, m.dtype)
+    out = out + scale * class_axis.sum(_neg_log_softmax(logits, mask, m, log_s) * dp)
+  return out[..., 0]
 
 
 # Per-row Σ p·(logsumexp(z) - z) over the last axis; NaN for negative targets.
-fused_soft_labels = _fused_loss(_soft_forward, _soft_bwd)
+fused_soft_labels = _fused_loss(_soft_forward, _soft_tangent)
