@@ -77,6 +77,13 @@ _soft = lambda z, p: xent_jax.softmax_cross_entropy(z, p)
 _bce = lambda q, y: xent_jax.binary_cross_entropy(q, y)
 _cross_entropy = lambda p, q: info.cross_entropy(p, q)
 Z_NAN = np.array([[0.0, 1.0, 2.0], [np.nan, 0.0, 0.0]], np.float32)
+E_RANDOM = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+TAU, TAU_BAD = np.array([0.1, 0.5], np.float32), np.array([0.1, -1.0], np.float32)
+
+
+def _per_temperature(loss):
+  """One loss per temperature in a batch of them (vmap), so the faulty temperature is row 1."""
+  return lambda e, tau: jax.vmap(lambda t: jnp.mean(loss(e, t)))(tau)
 
 # (README id, loss, clean arguments, faulty arguments); row 1 of the faulty batch is bad.
 DATA = [
@@ -91,6 +98,9 @@ DATA = [
     ("linear-label-out-of-range", lambda h, y: xent_jax.linear_cross_entropy(h, np.ones((4, 3), np.float32), y), (E, Y), (E, np.array([0, 3]))),
     ("probability-above-one", _bce, (P[0], P[0]), (np.array([0.5, 1.5, 0.5], np.float32), P[0])),
     ("info-negative-probability", _cross_entropy, (P, P), (np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.5]], np.float32), P)),
+    ("temperature-traced", _per_temperature(lambda e, t: xent_jax.info_nce(e, e[::-1], temperature=t)), (E_RANDOM, TAU), (E_RANDOM, TAU_BAD)),
+    ("supcon-temperature-traced", _per_temperature(lambda e, t: xent_jax.supervised_contrastive(e, Y.repeat(2), temperature=t)), (E_RANDOM, TAU), (E_RANDOM, TAU_BAD)),
+    ("ntxent-temperature-traced", _per_temperature(lambda e, t: xent_jax.ntxent(e, np.arange(4) // 2, t)), (E_RANDOM, TAU), (E_RANDOM, np.array([0.1, np.nan], np.float32))),
 ]
 
 _jitted = {case: jax.jit(fn) for case, fn, *_ in DATA}

@@ -1,5 +1,6 @@
 """InfoNCE and its relatives: reduction to softmax CE, attention link, MI bound."""
 
+import inspect
 import math
 
 import chex
@@ -9,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 from absl.testing import parameterized
+from jax.experimental import checkify
 
 import xent_jax
 
@@ -97,10 +99,32 @@ class InfoNCETest(chex.TestCase):
     expected = np.sum(-(np.sum(p_hat * s, -1) - np.diag(s)) / tau**2)
     np.testing.assert_allclose(grad, expected, rtol=1e-5)
 
-  def test_learned_temperature_is_clamped_at_scale_100(self):
-    loss = lambda t: jnp.sum(xent_jax.info_nce(self.q, self.k, temperature=t))
-    np.testing.assert_allclose(loss(np.float32(1e-4)), loss(np.float32(0.01)), rtol=1e-6)
-    self.assertEqual(float(jax.grad(loss)(np.float32(1e-4))), 0.0)
+  @parameterized.parameters(1e-3, 0.005, 0.02)
+  def test_small_temperature_is_used_as_given(self, tau):
+    """No clamp unasked: 1/τ up to 1000 enters the loss and dL/dτ as it is."""
+    k = np.roll(self.k, 1, axis=0)  # positives that are not the nearest keys: losses of order 1/τ
+    loss = lambda t: jnp.sum(xent_jax.info_nce(self.q, k, temperature=t))
+    value, grad = jax.value_and_grad(loss)(np.float32(tau))
+    s = _unit(self.q.astype(np.float64)) @ _unit(k.astype(np.float64)).T
+    np.testing.assert_allclose(value, np.sum(ref.integer_cross_entropy(s / tau, np.arange(B))), rtol=1e-5)
+    p_hat = ref.softmax(s / tau)
+    expected = np.sum(-(np.sum(p_hat * s, -1) - np.diag(s)) / tau**2)
+    np.testing.assert_allclose(grad, expected, rtol=1e-4)
+
+  def test_max_logit_scale_caps_only_when_asked(self):
+    """CLIP's cap on the learned logit scale: 1/τ ≤ 100 with the keyword, gradient 0 where it holds."""
+    k = np.roll(self.k, 1, axis=0)
+    loss = lambda t, cap: jnp.sum(xent_jax.info_nce(self.q, k, temperature=t, max_logit_scale=cap))
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (capped, g_capped), (free, _) = value_and_grad(np.float32(1e-4), 100.0), value_and_grad(np.float32(0.01), None)
+    np.testing.assert_allclose(capped, free, rtol=1e-6)
+    self.assertEqual(float(g_capped), 0.0)
+    np.testing.assert_allclose(value_and_grad(np.float32(1e-4), None)[0], 100 * free, rtol=1e-2)  # L ≈ (s_max - s_+)/τ
+    np.testing.assert_allclose(value_and_grad(np.float32(0.5), 100.0)[1], value_and_grad(np.float32(0.5), None)[1], rtol=1e-6)
+    supcon = jax.jit(lambda t, cap: xent_jax.supervised_contrastive(self.q, np.arange(B) // 2, temperature=t, max_logit_scale=cap), static_argnums=1)
+    chex.assert_trees_all_close(supcon(np.float32(1e-4), 100.0), supcon(np.float32(0.01), None), rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, "`max_logit_scale`"):
+      xent_jax.info_nce(self.q, self.k, max_logit_scale=0.0)
 
   def test_attention_identity(self):
     """info_nce(q, k, τ = √d, normalize=False) = -log of the attention weight on the positive."""
@@ -203,6 +227,110 @@ class RelativesTest(parameterized.TestCase):
     assert all(b < truth + s for b, s in zip(bounds, slack)), (bounds, slack, truth)
     assert all(b2 > b1 for b1, b2 in zip(bounds, bounds[1:])), bounds
     assert truth - bounds[-1] < 0.1, (bounds, truth)
+
+
+def _ntxent_reference(e, labels, tau):
+  """NT-Xent in float64 numpy, pair by pair, with optax's floor on the squared norms."""
+  e = np.asarray(e, np.float64)
+  u = e / np.sqrt(np.maximum(np.sum(e**2, -1, keepdims=True), np.finfo(np.float32).eps))
+  s = u @ u.T / tau
+  losses = []
+  for i in range(len(e)):
+    negatives = s[i, labels != labels[i]]
+    for j in range(len(e)):
+      if j != i and labels[j] == labels[i]:
+        losses.append(np.logaddexp.reduce(np.append(negatives, s[i, j])) - s[i, j])
+  return np.mean(losses)
+
+
+TEMPERATURE_LOSSES = {
+    "info_nce": lambda e, t: jnp.sum(xent_jax.info_nce(e, jnp.roll(e, 1, axis=1), temperature=t)),
+    "supervised_contrastive": lambda e, t: jnp.sum(xent_jax.supervised_contrastive(e, jnp.arange(B) // 2, temperature=t)),
+    "ntxent": lambda e, t: xent_jax.ntxent(e, jnp.arange(B) // 2, t),
+}
+
+
+class TemperatureTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.e = np.random.default_rng(34).normal(size=(B, D)).astype(np.float32)
+
+  @parameterized.parameters(*TEMPERATURE_LOSSES)
+  def test_traced_nonpositive_or_nan_temperature_is_nan(self, name):
+    loss = jax.jit(TEMPERATURE_LOSSES[name])
+    grads = jax.jit(jax.grad(TEMPERATURE_LOSSES[name], argnums=(0, 1)))
+    checked = checkify.checkify(loss, errors=checkify.float_checks)
+    self.assertIsNone(checked(self.e, np.float32(0.1))[0].get())
+    for tau in (0.0, -1.0, -0.005, np.nan):
+      self.assertTrue(np.isnan(loss(self.e, np.float32(tau))), tau)
+      self.assertTrue(all(np.isnan(g).all() for g in grads(self.e, np.float32(tau))), tau)
+      error, _ = checked(self.e, np.float32(tau))
+      with self.assertRaisesRegex(checkify.JaxRuntimeError, "nan generated"):
+        error.throw()
+
+  @parameterized.parameters(*TEMPERATURE_LOSSES)
+  def test_static_nonpositive_temperature_raises(self, name):
+    for tau in (0.0, -1, np.float32(-0.5), float("nan")):
+      with self.assertRaisesRegex(ValueError, "`temperature`"):
+        TEMPERATURE_LOSSES[name](self.e, tau)
+
+  @parameterized.product(name=list(TEMPERATURE_LOSSES), tau=(0.005, 0.1, 2.0))
+  def test_temperature_gradient_against_float64_finite_difference(self, name, tau):
+    loss = TEMPERATURE_LOSSES[name]
+    grad = jax.jit(jax.grad(loss, argnums=1))(self.e, np.float32(tau))
+    with jax.enable_x64(True):
+      f64 = jax.jit(lambda t: loss(jnp.asarray(self.e, jnp.float64), t))
+      h = tau * 1e-5
+      expected = (f64(tau + h) - f64(tau - h)) / (2 * h)
+    np.testing.assert_allclose(grad, expected, rtol=2e-4)
+
+
+# optax's ntxent on a grid: group patterns, temperatures down to 0.005 (1/τ = 200), float labels,
+# and an embedding whose squared norm falls under optax's floor.
+NTXENT_GRID = [
+    dict(labels=labels, tau=tau, tiny_row=tiny_row)
+    for labels in ([0, 0, 1, 1, 1, 2], [0, 1, 0, 1, 0, 1], [3, 3, 3, 3, 0, 0])
+    for tau in (0.005, 0.07, 1.0)
+    for tiny_row in (False, True)
+]
+
+
+class NTXentOptaxTest(parameterized.TestCase):
+
+  def test_signature_is_optax_s(self):
+    ours = inspect.signature(xent_jax.ntxent).parameters
+    theirs = inspect.signature(optax.losses.ntxent).parameters
+    self.assertEqual([(p.name, p.kind, p.default) for p in ours.values()], [(p.name, p.kind, p.default) for p in theirs.values()])
+
+  @parameterized.parameters(*NTXENT_GRID)
+  def test_matches_optax(self, labels, tau, tiny_row):
+    e = np.random.default_rng(35).normal(size=(6, D)).astype(np.float32)
+    if tiny_row:
+      e[2] *= 1e-5  # ‖e‖² ≈ 5e-10 < eps(float32): optax floors it
+    for y in (np.asarray(labels, np.int32), np.asarray(labels, np.float32)):
+      ours, g_ours = jax.value_and_grad(xent_jax.ntxent, argnums=(0, 2))(e, y, np.float32(tau))
+      with jax.numpy_dtype_promotion("standard"):  # optax's ntxent mixes int and bool
+        theirs, g_theirs = jax.value_and_grad(optax.losses.ntxent, argnums=(0, 2))(e, jnp.asarray(y), np.float32(tau))
+      self.assertEqual((ours.shape, ours.dtype), (theirs.shape, theirs.dtype))
+      np.testing.assert_allclose(ours, _ntxent_reference(e, np.asarray(labels), tau), rtol=2e-5)
+      if not np.isfinite(theirs):
+        # optax shifts by the row max of all pairs: at 1/τ = 200 a positive 200 below it underflows
+        self.assertEqual((tau, labels), (0.005, [3, 3, 3, 3, 0, 0]))
+        continue
+      np.testing.assert_allclose(ours, theirs, rtol=2e-5)
+      self.assertTrue(np.isfinite(g_ours[0]).all() and np.isfinite(g_ours[1]))
+      finite = np.isfinite(g_theirs[0])  # optax's gradient can be NaN beside a finite value at 1/τ = 200
+      scale = np.abs(g_theirs[0][finite]).max()
+      np.testing.assert_allclose(g_ours[0][finite], g_theirs[0][finite], rtol=1e-4, atol=1e-5 * scale)
+      if np.isfinite(g_theirs[1]):
+        np.testing.assert_allclose(g_ours[1], g_theirs[1], rtol=1e-4)
+
+  def test_default_temperature_is_optax_s(self):
+    e = np.random.default_rng(36).normal(size=(6, D)).astype(np.float32)
+    y = jnp.array([0, 0, 1, 1, 2, 2])
+    with jax.numpy_dtype_promotion("standard"):
+      np.testing.assert_allclose(xent_jax.ntxent(e, y), optax.losses.ntxent(e, y), rtol=2e-5)
 
 
 RELATIVES = {

@@ -13,12 +13,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from xent_jax import _checks
 from xent_jax._classification import sigmoid_binary_cross_entropy, softmax_cross_entropy, softmax_cross_entropy_with_integer_labels
 
 ArrayLike = jax.typing.ArrayLike
-MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the learned logit scale 1/temperature
 
 
 def _embeddings(x: ArrayLike, name: str, ndim: int) -> jax.Array:
@@ -33,17 +33,21 @@ def _same_width(d: int, other: jax.Array, name: str) -> None:
     raise ValueError(f"`{name}` has embedding dimension {other.shape[-1]}; expected {d}, the query's.")
 
 
-def _labels_per_row(labels: ArrayLike, e: jax.Array) -> jax.Array:
-  y = _checks.as_integer(labels, "labels")
+def _labels_per_row(y: jax.Array, e: jax.Array) -> jax.Array:
   if y.shape != e.shape[:1]:
     raise ValueError(f"`labels` has shape {y.shape}; expected ({e.shape[0]},), one per embedding.")
   return y
 
 
-def _normalize(x: jax.Array) -> jax.Array:
+def _normalize(x: jax.Array, min_squared_norm: float | None = None) -> jax.Array:
+  """x / ‖x‖ on the last axis; ``min_squared_norm`` floors ‖x‖² as optax's cosine similarity does."""
   x32 = x.astype(_checks.compute_dtype(x.dtype))
-  norm = jnp.sqrt(jnp.sum(jnp.square(x32), axis=-1, keepdims=True))
-  return (x32 / jnp.maximum(norm, jnp.finfo(x32.dtype).tiny)).astype(x.dtype)
+  squared = jnp.sum(jnp.square(x32), axis=-1, keepdims=True)
+  if min_squared_norm is None:
+    norm = jnp.maximum(jnp.sqrt(squared), jnp.finfo(x32.dtype).tiny)
+  else:
+    norm = jnp.sqrt(jnp.maximum(squared, min_squared_norm))
+  return (x32 / norm).astype(x.dtype)
 
 
 def _scores(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
@@ -51,15 +55,22 @@ def _scores(a: jax.Array, b: jax.Array, spec: str) -> jax.Array:
   return jnp.einsum(spec, a, b, preferred_element_type=_checks.compute_dtype(a.dtype, b.dtype))
 
 
-def _logit_scale(temperature: ArrayLike) -> jax.Array:
-  """1 / temperature, clamped to at most 100 (CLIP); a static temperature must be > 0."""
-  if isinstance(temperature, (int, float)) and not temperature > 0:
+def _logit_scale(temperature: ArrayLike, dtype: jnp.dtype, max_logit_scale: float | None = None) -> jax.Array:
+  """The logit scale 1/τ in ``dtype``, capped at ``max_logit_scale`` only when one is given.
+
+  A static τ (a Python or numpy number) must be > 0; a traced τ ≤ 0 or NaN
+  is a data fault and makes the scale, hence the loss, NaN.
+  """
+  if isinstance(temperature, (int, float, np.number, np.ndarray)) and np.ndim(temperature) == 0 and not temperature > 0:
     raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
   t = jnp.asarray(temperature)
   if t.ndim != 0:
     raise ValueError(f"`temperature` must be a scalar, got shape {t.shape}.")
-  t = t.astype(_checks.compute_dtype(t.dtype))
-  return jnp.minimum(1 / t, MAX_LOGIT_SCALE)
+  t = t.astype(dtype)
+  scale = 1 / _checks.nan_where(~(t > 0), t)  # NaN before the division: no 1/0, a NaN gradient in τ
+  if max_logit_scale is None:
+    return scale
+  return jnp.minimum(scale, _checks.static_number(max_logit_scale, "max_logit_scale", low=0.0, low_open=True))
 
 
 def info_nce(
@@ -72,6 +83,7 @@ def info_nce(
     in_batch_negatives: bool = False,
     symmetric: bool = False,
     normalize: bool = True,
+    max_logit_scale: float | None = None,
     axis_name: str | None = None,
 ) -> jax.Array:
   r"""InfoNCE: softmax cross-entropy of each query against its positive key.
@@ -91,14 +103,17 @@ def info_nce(
     negative_keys: ``None`` for in-batch negatives (the other queries'
       positives, as CLIP and SimCLR); ``[M, D]`` shared by all queries with
       ``negative_mode="unpaired"``; ``[B, M, D]`` per query with ``"paired"``.
-    temperature: τ > 0, a number or a traced scalar (learned); the logit scale
-      1/τ is clamped to at most 100, as CLIP's.
+    temperature: τ > 0, a number or a traced scalar (learned), used as
+      given: a traced τ ≤ 0 or NaN gives NaN losses (a static one raises).
     negative_mode: ``"unpaired"`` or ``"paired"``, as above.
     in_batch_negatives: with ``negative_keys``, also use the other queries'
       positives as negatives (hard negatives plus in-batch negatives, as DPR).
     symmetric: CLIP's loss, the mean of the query→key and key→query
       directions (in-batch negatives only).
     normalize: L2-normalise the embeddings first.
+    max_logit_scale: ``None`` (the default) leaves 1/τ as it is; a number
+      caps it, as CLIP caps its learned logit scale at 100
+      (``max_logit_scale=100.0``); the gradient in τ is 0 where the cap holds.
     axis_name: inside ``shard_map`` over the batch, the mesh axis it is split
       over: the in-batch negatives are the keys of every device
       (``all_gather``; its transpose, a reduce-scatter, sends each key its
@@ -123,7 +138,7 @@ def info_nce(
     raise ValueError(f"`positive_key` has shape {k.shape}; expected the query's shape {q.shape}.")
   if negative_mode not in ("unpaired", "paired"):
     raise ValueError(f"`negative_mode` must be 'unpaired' or 'paired', got {negative_mode!r}.")
-  scale = _logit_scale(temperature)
+  scale = _logit_scale(temperature, _checks.compute_dtype(q.dtype, k.dtype), max_logit_scale)
   if normalize:
     q, k = _normalize(q), _normalize(k)
   b = q.shape[0]
@@ -160,6 +175,7 @@ def supervised_contrastive(
     *,
     temperature: ArrayLike = 0.1,
     normalize: bool = True,
+    max_logit_scale: float | None = None,
 ) -> jax.Array:
   r"""Supervised contrastive loss (SupCon, "L_out"): every same-label anchor is a positive.
 
@@ -174,8 +190,10 @@ def supervised_contrastive(
   Args:
     embeddings: ``[B, D]``.
     labels: integer class of each embedding, ``[B]``.
-    temperature: τ > 0, number or traced scalar (scale clamped at 100).
+    temperature: τ > 0, number or traced scalar, used as given (a traced
+      τ ≤ 0 or NaN gives NaN).
     normalize: L2-normalise the embeddings first.
+    max_logit_scale: a cap on 1/τ (CLIP's 100), or ``None`` for none.
 
   Returns:
     per-anchor losses ``[B]``; average over anchors with a positive to get
@@ -190,10 +208,11 @@ def supervised_contrastive(
     [0.3146 0.3424 0.    ]
   """
   e = _embeddings(embeddings, "embeddings", 2)
-  y = _labels_per_row(labels, e)
+  y = _labels_per_row(_checks.as_integer(labels, "labels"), e)
   if normalize:
     e = _normalize(e)
-  logits = _scores(e, e, "id,jd->ij") * _logit_scale(temperature)
+  logits = _scores(e, e, "id,jd->ij")
+  logits = logits * _logit_scale(temperature, logits.dtype, max_logit_scale)
   not_self = ~jnp.eye(e.shape[0], dtype=bool)
   positive = (y[:, None] == y[None, :]) & not_self
   count = jnp.sum(positive, axis=-1, keepdims=True)
@@ -208,15 +227,19 @@ def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.
     L = \frac{1}{|\mathcal{P}|} \sum_{(i,j) \in \mathcal{P}}
       -\log \frac{e^{s_{ij}/\tau}}{e^{s_{ij}/\tau} + \sum_{k: y_k \ne y_i} e^{s_{ik}/\tau}}
 
-  over the positive pairs 𝒫 (same label, i ≠ j), s the cosine similarity. Each
-  pair's loss is softplus(logsumexp_negatives - s_ij/τ), so only B×B scores
-  are held (optax builds B×B×D). With no positive pair at all the loss is 0
-  where optax returns NaN.
+  over the positive pairs 𝒫 (same label, i ≠ j), s the cosine similarity
+  with optax's floor on the squared norms (the machine epsilon of the
+  embeddings' dtype). Each pair's loss is softplus(logsumexp_negatives -
+  s_ij/τ), so only B×B scores are held (optax builds B×B×D). τ is used as
+  given, never clamped. Where optax differs: with no positive pair at all the
+  loss is 0 (optax: NaN); a traced τ ≤ 0 or NaN gives NaN (optax: a finite
+  number); 16-bit embeddings give a float32 loss.
 
   Args:
     embeddings: ``[B, D]``.
-    labels: integer labels ``[B]``; equal labels mark positives.
-    temperature: τ > 0.
+    labels: ``[B]``, any dtype optax takes (integer, boolean or float group
+      ids); equal labels mark positives.
+    temperature: τ > 0, a number or a traced scalar.
 
   Returns:
     the scalar mean over positive pairs.
@@ -229,9 +252,10 @@ def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.
     0.0
   """
   e = _embeddings(embeddings, "embeddings", 2)
-  y = _labels_per_row(labels, e)
-  u = _normalize(e)
-  s = _scores(u, u, "id,jd->ij") * _logit_scale(temperature)
+  y = _labels_per_row(jnp.asarray(labels), e)
+  u = _normalize(e, min_squared_norm=float(jnp.finfo(e.dtype).eps))
+  s = _scores(u, u, "id,jd->ij")
+  s = s * _logit_scale(temperature, s.dtype)
   same = y[:, None] == y[None, :]
   positive = same & ~jnp.eye(e.shape[0], dtype=bool)
   lse_negatives = jax.nn.logsumexp(jnp.where(same, -jnp.inf, s), axis=-1, keepdims=True)
