@@ -112,6 +112,64 @@ def test_axis_name_soft_labels(masked):
   _close(sharded, single)
 
 
+WEIGHTS = RNG.uniform(0.5, 2.0, C).astype(np.float32)
+DATA_PARALLEL = {
+    # name: (loss of (z, u, *options), the options, their in_specs): the batch is split,
+    # the options are replicated (or broadcast over the batch and replicated).
+    "class-weights": (
+        lambda z, u, y, w: u * xent_jax.softmax_cross_entropy_with_integer_labels(z, y, class_weights=w, label_smoothing=0.1),
+        (Y, WEIGHTS), (P("x"), P()),
+    ),
+    "soft-broadcast": (lambda z, u, p: u * xent_jax.softmax_cross_entropy(z, p), (SOFT[:1],), (P(),)),
+    "soft-where": (
+        lambda z, u, p, m: u * xent_jax.softmax_cross_entropy(z, p, where=m), (SOFT[:1], WHERE[:1]), (P(), P()),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(DATA_PARALLEL))
+def test_data_parallel_with_replicated_options(name):
+  """shard_map over the batch with replicated class weights or soft labels: the global loss,
+  its gradients (the replicated inputs' summed over the devices) and its forward-mode
+  derivative equal one device; the logits' gradient taken inside shard_map too."""
+  fn, options, specs = DATA_PARALLEL[name]
+  argnums = tuple(i for i, a in enumerate((Z, U) + options) if a.dtype == np.float32)
+  total = lambda *a: jnp.sum(fn(*a))
+  mapped = jax.shard_map(
+      lambda *a: jax.lax.psum(total(*a), "x"), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P()
+  )
+  args = (Z, U) + options
+  _close(jax.value_and_grad(mapped, argnums)(*args), jax.value_and_grad(total, argnums)(*args))
+  tangent = np.ones_like(Z)
+  _close(jax.jvp(lambda z: mapped(z, *args[1:]), (Z,), (tangent,)), jax.jvp(lambda z: total(z, *args[1:]), (Z,), (tangent,)))
+  inside = jax.shard_map(
+      lambda *a: jax.grad(total)(*a), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P("x")
+  )
+  _close(inside(*args), jax.grad(total)(*args))
+
+
+@pytest.mark.parametrize("name", ["soft-replicated", "soft-made-inside", "class-weights"])
+def test_explicit_sharding_with_replicated_options(name):
+  """Explicit mesh axes, batch-split logits, replicated soft labels or class weights."""
+  mesh = _mesh("Explicit")
+  if name == "class-weights":
+    fn = lambda z, w, y: jnp.sum(U * xent_jax.softmax_cross_entropy_with_integer_labels(z, y, class_weights=w))
+    options, extra = (WEIGHTS,), (Y,)
+  elif name == "soft-replicated":
+    fn = lambda z, p: jnp.sum(U * xent_jax.softmax_cross_entropy(z, p))
+    options, extra = (SOFT,), ()
+  else:
+    fn = lambda z, q: jnp.sum(U * xent_jax.softmax_cross_entropy(z, jax.nn.softmax(q)))
+    options, extra = (Z[::-1].copy(),), ()
+  objective = jax.jit(jax.value_and_grad(fn, (0, 1)))
+  want = objective(Z, *options, *extra)
+  with jax.set_mesh(mesh):
+    z = jax.device_put(Z, P("x", None))
+    sharded_options = tuple(jax.device_put(o, P()) for o in options)
+    sharded_extra = tuple(jax.device_put(e, P("x")) for e in extra)
+    got = objective(z, *sharded_options, *sharded_extra)
+  _close(got, want)
+
 N, D, V = 24, 8, 256
 H = RNG.normal(size=(N, D)).astype(np.float32)
 W = (RNG.normal(size=(D, V)) / 2).astype(np.float32)
