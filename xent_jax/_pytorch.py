@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xent_jax import _checks
+from xent_jax import _checks, _core
 from xent_jax._classification import (
     class_weight_vector,
     softmax_cross_entropy,
@@ -86,8 +86,8 @@ def cross_entropy(
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
   if not isinstance(axis, int):
     raise TypeError(f"`axis` must be a single int (one class axis, as in PyTorch), got {axis!r}.")
-  ignore_index = _checks.static_index(ignore_index, "ignore_index")
-  eps = _checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+  options = _core.options(label_smoothing=label_smoothing, ignore_index=ignore_index)
+  ignore_index, eps = options.ignore_index, options.label_smoothing
   logits = _checks.as_floating(logits, "logits")
   target = jnp.asarray(target)
   if weight is not None:
