@@ -59,13 +59,13 @@ def softmax_cross_entropy(
       = \Big(\sum_i p_i\Big) \operatorname{logsumexp}(z) - \sum_i p_i z_i,
     \qquad \frac{\partial L}{\partial z} = \hat p \sum_i p_i - p
 
-  Seed Eq. 4.2.23, 4.2.29–4.2.31, 4.2.37–4.2.40. A ``jax.custom_vjp``: the
-  residuals are the logits as given, the labels, the mask and two scalars
-  per example (the row max M and log Σ exp(z - M)); no softmax is stored, the
-  backward recomputes it. Terms with ``p_i = 0`` contribute 0 even where
-  ``z_i = -inf``. Forward-mode autodiff
-  (``jax.jacfwd``, ``jax.jvp``) is not supported, as for any custom_vjp;
-  ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
+  Seed Eq. 4.2.23, 4.2.29–4.2.31, 4.2.37–4.2.40. A ``jax.custom_jvp`` whose
+  tangent map is rematerialized: reverse mode keeps the logits as given, the
+  labels, the mask and two scalars per example (the row max M and
+  log Σ exp(z - M)) and recomputes the softmax; no softmax is stored. Terms
+  with ``p_i = 0`` contribute 0 even where ``z_i = -inf``. Forward and
+  reverse mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``, ``jax.grad``,
+  ``jax.jacrev``) and second order (``jax.hessian``) all work.
 
   Args:
     logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
@@ -140,10 +140,10 @@ def softmax_cross_entropy_with_integer_labels(
   with gradient ``p̂ (Σq + 2ζ lse) - q``. K is the number of classes allowed by
   ``where`` (all of them without it): smoothing puts no mass on masked
   classes, so the loss stays finite where they are ``-inf``. A
-  ``jax.custom_vjp``: the residuals are the logits as given, the labels, the
-  weights, the mask and two scalars per example (M and log Σ exp(z - M)); no
-  softmax is stored. Forward-mode autodiff is not supported (custom_vjp);
-  ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` are.
+  ``jax.custom_jvp`` with a rematerialized tangent map: reverse mode keeps the
+  logits as given, the labels, the weights, the mask and two scalars per
+  example (M and log Σ exp(z - M)); no softmax is stored. Both autodiff modes
+  and second order work, with respect to the logits and the class weights.
 
   Args:
     logits: unnormalised log-probabilities, shape ``[..., num_classes]``.

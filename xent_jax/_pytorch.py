@@ -43,7 +43,7 @@ def cross_entropy(
     \ell = -\sum_i w_i \big((1-\varepsilon) p_i + \varepsilon / C\big) \log \hat p_i,
 
   and ``"mean"`` divides by the number of elements. Seed Eq. 4.2.15–4.2.16,
-  4.2.23, 4.2.37. Both kinds run on the fused ``custom_vjp`` losses
+  4.2.23, 4.2.37. Both kinds run on the fused ``custom_jvp`` losses
   (:func:`softmax_cross_entropy_with_integer_labels` and
   :func:`softmax_cross_entropy`), so the gradient is p̂·Σq − q and nothing
   N×C is stored for class indices.
