@@ -422,3 +422,35 @@ class TraceAndBatchTest(parameterized.TestCase):
     g_mapped = jax.vmap(jax.grad(lambda a, b: jnp.sum(fn(a, b))))(z, y)
     g_batched = jax.grad(lambda a, b: jnp.sum(fn(a, b)))(z, y)
     chex.assert_trees_all_close(g_mapped, g_batched, atol=1e-7, strict=True)
+
+
+class InfiniteLogitsTest(parameterized.TestCase):
+  """+inf logits: the softmax's limit is uniform over the infinite classes (issue: NaN before)."""
+
+  Z = np.array([[np.inf, 1.0, 2.0], [np.inf, np.inf, 0.0], [1.0, np.inf, 0.0]], np.float32)
+  LABELS = np.array([0, 1, 0])
+  # The limits: loss -log p̂_c with p̂ = 1/k on the k infinite classes; gradient p̂ - onehot.
+  WANT_LOSS = np.array([0.0, np.log(2.0), np.inf], np.float32)
+  WANT_GRAD = np.array([[0, 0, 0], [0.5, -0.5, 0], [-1, 1, 0]], np.float32)
+
+  @parameterized.parameters("grad", "jacfwd")
+  def test_integer_labels(self, mode):
+    loss = lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, self.LABELS)
+    np.testing.assert_array_equal(loss(self.Z), self.WANT_LOSS)
+    total = lambda z: jnp.sum(jnp.array([1.0, 1.0, 0.0]) * loss(z))  # the third row's loss is +inf
+    grad = getattr(jax, mode)(total)(self.Z)
+    np.testing.assert_allclose(grad, self.WANT_GRAD * np.array([[1], [1], [0]]), atol=1e-7)
+    g3 = jax.grad(lambda z: loss(z)[2])(self.Z)
+    np.testing.assert_allclose(g3, self.WANT_GRAD * np.array([[0], [0], [1]]), atol=1e-7)
+
+  @parameterized.parameters("grad", "jacfwd")
+  def test_soft_labels(self, mode):
+    p = np.array([[1, 0, 0], [0.5, 0.5, 0], [0.5, 0.5, 0]], np.float32)
+    loss = lambda z: xent_jax.softmax_cross_entropy(z, p)
+    np.testing.assert_array_equal(loss(self.Z), np.array([0.0, np.log(2.0), np.inf], np.float32))
+    grad = getattr(jax, mode)(lambda z: jnp.sum(loss(z)[:2]))(self.Z)
+    np.testing.assert_allclose(grad, np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0]], np.float32), atol=1e-7)
+
+  def test_smoothing_beside_an_infinite_logit_is_infinite(self):
+    loss = xent_jax.softmax_cross_entropy_with_integer_labels(self.Z[:1], self.LABELS[:1], label_smoothing=0.1)
+    np.testing.assert_array_equal(loss, [np.inf])

@@ -36,9 +36,24 @@ from xent_jax import _checks, _core
 from xent_jax._core import ClassAxis
 
 
+def _finite_top(x: jax.Array) -> jax.Array:
+  """``x`` with +inf lowered to the dtype's largest finite value.
+
+  A row with +inf logits then has M = that value, and exp(z - M) is 1 on its
+  k infinite classes and 0 elsewhere: p̂ = 1/k there, the limit of the softmax,
+  where z - M would be inf - inf = NaN. A no-op on every other row.
+  """
+  return jnp.minimum(x, jnp.finfo(x.dtype).max)
+
+
+def _infinite_row(m: jax.Array) -> jax.Array:
+  """Rows whose (lowered) max marks a +inf logit (see ``_finite_top``)."""
+  return m == jnp.finfo(m.dtype).max
+
+
 def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: ClassAxis):
   """(log s, M) per row with M the masked row max (Eq. 4.2.35) and s = Σ exp(z - M)."""
-  x = logits.astype(dtype)
+  x = _finite_top(logits.astype(dtype))
   if mask is not None:
     x = jnp.where(mask, x, -jnp.inf)
   m = class_axis.max(x)
@@ -56,8 +71,12 @@ def _rows_kept(mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array | boo
 
 
 def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
-  """-log p̂ = log s - (z - M) recomputed from the logits; 0 on masked classes."""
-  nll = log_s - (logits.astype(m.dtype) - m)
+  """-log p̂ = log s - (z - M) recomputed from the logits; 0 on masked classes.
+
+  Beside a +inf logit a finite class has p̂ = 0, so -log p̂ = +inf there.
+  """
+  z = logits.astype(m.dtype)
+  nll = jnp.where(_infinite_row(m) & (z < jnp.inf), jnp.inf, log_s - (_finite_top(z) - m))
   return nll if mask is None else jnp.where(mask, nll, 0)
 
 
@@ -66,7 +85,7 @@ def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax
   # The barrier keeps XLA from merging z - M here with the forward's z - M into
   # one N×C buffer (CSE), which the forward's reduction would then read back.
   m, log_s = jax.lax.optimization_barrier((m, log_s))
-  p_hat = jnp.exp((logits.astype(m.dtype) - m) - log_s)
+  p_hat = jnp.exp((_finite_top(logits.astype(m.dtype)) - m) - log_s)
   return p_hat if mask is None else jnp.where(mask, p_hat, 0)
 
 
@@ -230,11 +249,12 @@ def _int_forward(options: IntegerOptions, logits, labels, weights, mask):
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
   label_logit = _pick_label(logits, r.label, class_axis).astype(dtype)
   log_s, m = _label_shifted(logits, dtype, mask, label_logit, r.rows.counted & r.rows.valid, class_axis)
+  label_nll = _neg_log_softmax(label_logit, None, m, log_s)
   smooth = None
   if r.spread is not None:
     nll = _neg_log_softmax(logits, mask, m, log_s)
     smooth = class_axis.sum(jnp.where(r.spread != 0, r.spread * nll, 0))
-  value = _core.loss(r.rows, options.ce, log_s - (label_logit - m), m + log_s, smooth, r.label_weight)
+  value = _core.loss(r.rows, options.ce, label_nll, m + log_s, smooth, r.label_weight)
   return value[..., 0], (m, log_s)
 
 
@@ -279,7 +299,7 @@ def _safe_loss(x, m, log_s, p):
   (in one piece for explicitly sharded arrays, which are already split)."""
 
   def row_sums(x, m, log_s, p):
-    terms = jnp.where(p != 0, p * (log_s - (x - m)), 0)
+    terms = jnp.where(p != 0, p * _neg_log_softmax(x, None, m, log_s), 0)
     return jnp.sum(_checks.nan_where(p < 0, terms), axis=-1)
 
   if _explicitly_sharded(x):
@@ -315,14 +335,15 @@ def _soft_forward(options: SoftOptions, logits, labels, mask):
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
   # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
-  # then the batch is summed again with 0·(-inf) = 0, a block of rows at a
-  # time. (The barrier keeps XLA from sharing one stored z - M with log s.)
+  # then (and for a row with a +inf logit) the batch is summed again with
+  # 0·(-inf) = 0, a block of rows at a time. (The barrier keeps XLA from
+  # sharing one stored z - M with log s.)
   x = logits.astype(dtype)
-  y = x - jax.lax.optimization_barrier(m)
+  y = _finite_top(x) - jax.lax.optimization_barrier(m)
   p = _targets(labels, mask, dtype)
   loss = class_axis.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
   loss = jax.lax.cond(
-      jnp.all(jnp.isfinite(loss)),
+      jnp.all(jnp.isfinite(loss)) & ~jnp.any(_infinite_row(m)),
       lambda *_: loss,
       lambda *args: class_axis.sum(_safe_loss(*args)[..., None])[..., 0],
       x, m, log_s, p,
