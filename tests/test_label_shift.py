@@ -1,0 +1,66 @@
+"""The label-shift shortcut's bound: rows with Σ exp(z - z_c) just above it keep p̂ to float32 precision.
+
+The integer-label kernel shifts a row by its label's logit z_c when
+s = Σ exp(z - z_c) is at most 2³² (``xent_jax._fused._MAX_LABEL_SHIFTED_SUM``)
+and by the row max otherwise (Eq. 4.2.35). With the label shift every p̂ =
+exp((z - z_c) - log s) carries the rounding of log s, about ulp(log s)/2
+relative: 2e-6 for log s ≈ 70 where the max shift gives p̂ ≈ 1 to an ulp or
+two. Each row below is its own call (``vmap``, so each takes its own branch)
+with s from just above 2³² up to 2¹¹⁹, and three large classes (p̂ ≈ 0.55,
+0.28, 0.16) whose gradient entries must match float64 to 2e-7 relative: the
+bound as it is passes with the error below 1e-7; raised to 2³³, 2⁴⁰ or 2¹²⁰ the
+rows under it take the label shift and miss by 3e-7 to 2e-6.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import xent_jax
+
+# The three large classes relative to the largest (float32-exact offsets).
+_TOP = np.float32([0.0, -0.6931, -1.25])
+_OTHERS = np.float32([-2.75, -0.5, -4.5, 1.0])
+
+
+def _rows() -> tuple[np.ndarray, np.ndarray]:
+  """Logits with label 0 at z = 0 and log₂ Σ exp(z - z_c) from 32.02 to 119 (40 rows up to 2⁴⁰)."""
+  bits = np.concatenate([np.linspace(32.02, 40.0, 40), np.linspace(40.5, 119.0, 24)])
+  top = bits * np.log(2.0) - np.log(np.exp(_TOP.astype(np.float64)).sum())
+  z = np.zeros((bits.size, 1 + _TOP.size + _OTHERS.size), np.float32)
+  z[:, 1:4] = top.astype(np.float32)[:, None] + _TOP
+  z[:, 4:] = _OTHERS
+  return z, np.zeros(bits.size, np.int32)
+
+
+def _reference_grad(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """p̂ - onehot in float64."""
+  z = z.astype(np.float64)
+  p = np.exp(z - z.max(axis=-1, keepdims=True))
+  p /= p.sum(axis=-1, keepdims=True)
+  return p - np.eye(z.shape[-1])[labels]
+
+
+def _row_loss_and_grad(z: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return jax.value_and_grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z[None], label[None])))(z)
+
+
+class LabelShiftBoundTest(chex.TestCase):
+
+  def test_rows_straddle_the_bound(self):
+    z, _ = _rows()
+    log2_sum = np.log2(np.exp(z.astype(np.float64) - z[:, :1]).sum(axis=-1))
+    assert 32 < log2_sum.min() < 32.1 and log2_sum.max() > 118
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_rows_above_the_bound_keep_float32_precision(self):
+    z, labels = _rows()
+    loss, grad = self.variant(jax.vmap(_row_loss_and_grad))(jnp.asarray(z), jnp.asarray(labels))
+    z64 = z.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(loss, np.float64), np.log(np.exp(z64 - z64[:, :1]).sum(axis=-1)), rtol=2e-7)
+    grad, expected = np.asarray(grad, np.float64), _reference_grad(z, labels)
+    large = slice(1, 1 + _TOP.size)
+    np.testing.assert_array_less(0.1, expected[:, large])
+    np.testing.assert_allclose(grad[:, large], expected[:, large], rtol=2e-7, atol=0)
+    np.testing.assert_allclose(grad, expected, rtol=0, atol=2e-7)
