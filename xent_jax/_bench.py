@@ -1,12 +1,27 @@
-"""``python -m xent_jax bench``: the fused losses against optax, the naive chain and the floor.
+"""``python -m xent_jax bench``: the fused losses against optax, the naive chain and two floors.
 
-For each size and dtype every function is jitted and compiled once, then timed
-in rounds: in each round every function runs three times in a row (best of
-three), the order rotated from round to round; a function's time is the
-median over rounds. The floor is one elementwise ``jnp.exp`` over the logits
-(read once, exp, write once). Temporary memory is
-``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``.
-Ratios are taken within one run only.
+For each logits shape (rows × classes) and dtype every function is jitted and
+compiled once, then timed in rounds: in each round every function runs three
+times in a row (best of three), the order rotated from round to round; a
+function's time in a run is the median over rounds. Ratios are taken within
+one run only. With ``--repeat k`` the whole suite is timed k times (the runs
+interleaved over the shapes, each run timing every shape in turn) and each
+row reports the median over the runs of its time and ratios, and the
+min–max of each ratio over the runs.
+
+Two floors, functions of the logits alone:
+
+* memory floor: ``z * 2 + 1``, one elementwise fusion that reads the logits
+  once and writes a new array of their shape and dtype once (XLA can neither
+  elide it nor write in place, the input not being donated). Every
+  value_and_grad pays at least this, since it returns an N×C gradient; its
+  bytes moved (2 × the logits' size) over its time is the measured bandwidth,
+  which includes the page faults of a freshly allocated output (on XLA:CPU a
+  large share of the time: an output above glibc's 32 MiB mmap threshold is
+  new memory on every call).
+* exp floor: ``jnp.exp(z)``, the same read and write with one exp per logit.
+
+Temporary memory is ``jax.jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``.
 """
 
 from __future__ import annotations
@@ -25,20 +40,29 @@ import optax
 from xent_jax import _classification as xent
 from xent_jax import _contrastive, _linear
 
-NUM_CLASSES = 32768
+# (rows, classes): a small head, a 1000-class layer, and a 32k vocabulary from one sequence to 4096 tokens.
+SHAPES = ((128, 10), (1024, 1000), (32, 32768), (512, 32768), (4096, 32768))
+MEMORY_FLOOR, EXP_FLOOR = "memory floor", "exp floor"
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  size: str
+  """One function at one shape and dtype; times and ratios are medians over the runs."""
+
+  shape: str
   dtype: str
   function: str
   baseline: str | None
   ms: float
   ns_per_logit: float
-  vs_floor: float
+  vs_memory_floor: float | None
+  vs_exp_floor: float | None
   vs_baseline: float | None
+  vs_baseline_min: float | None
+  vs_baseline_max: float | None
   temp_mib: float
+  runs: int
+  gb_per_s: float | None = None  # memory floor rows: bytes read and written per second
 
 
 def _naive_int(z, labels):
@@ -60,7 +84,8 @@ def _value_and_grad(loss: Callable) -> Callable:
 
 # name -> (function of (logits, labels), label kind, baseline name)
 CASES: dict[str, tuple[Callable, str, str | None]] = {
-    "exp floor": (lambda z, y: jnp.exp(z), "int", None),
+    MEMORY_FLOOR: (lambda z, y: z * 2 + 1, "int", None),
+    EXP_FLOOR: (lambda z, y: jnp.exp(z), "int", None),
     "xent int value": (_total(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int value"),
     "optax int value": (_total(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
     "xent int v&g": (_value_and_grad(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int v&g"),
@@ -74,12 +99,22 @@ CASES: dict[str, tuple[Callable, str, str | None]] = {
 }
 
 
-def _inputs(num_logits: int, dtype: str, seed: int = 0):
-  rows = max(1, num_logits // NUM_CLASSES)
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+  """'128x10,4096x32768' -> [(128, 10), (4096, 32768)]."""
+  shapes = []
+  for item in text.split(","):
+    rows, _, classes = item.strip().lower().partition("x")
+    if not (rows.isdigit() and classes.isdigit() and int(rows) > 0 and int(classes) > 0):
+      raise ValueError(f"--shapes wants ROWSxCLASSES items such as 512x32768, got {item!r}")
+    shapes.append((int(rows), int(classes)))
+  return shapes
+
+
+def _inputs(shape: tuple[int, int], dtype: str, seed: int = 0):
   key_z, key_y, key_p = jax.random.split(jax.random.key(seed), 3)
-  z = jax.random.normal(key_z, (rows, NUM_CLASSES), jnp.float32).astype(dtype)
-  labels = jax.random.randint(key_y, (rows,), 0, NUM_CLASSES)
-  soft = jax.nn.softmax(jax.random.normal(key_p, (rows, NUM_CLASSES), jnp.float32), axis=-1).astype(dtype)
+  z = jax.random.normal(key_z, shape, jnp.float32).astype(dtype)
+  labels = jax.random.randint(key_y, shape[:1], 0, shape[1])
+  soft = jax.nn.softmax(jax.random.normal(key_p, shape, jnp.float32), axis=-1).astype(dtype)
   return z, {"int": labels, "soft": soft}
 
 
@@ -106,23 +141,44 @@ def compile_with_memory(fn: Callable, *args) -> tuple[Callable, float]:
   return compiled, compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
-def run(sizes: list[int], dtypes: list[str], rounds: int, only: str | None = None) -> list[Row]:
+def _summarize(shape: str, dtype: str, z: jax.Array, bases: dict[str, str | None], temp: dict[str, float],
+               runs: list[dict[str, float]]) -> list[Row]:
+  """Rows from per-run times (seconds): medians over the runs, and the min–max of the baseline ratio."""
+
+  def ratios(name: str, base: str) -> list[float]:
+    return [t[name] / t[base] for t in runs]
+
   rows = []
+  for name, base in bases.items():
+    seconds = statistics.median(t[name] for t in runs)
+    vs_base = ratios(name, base) if base in runs[0] else None
+    rows.append(Row(
+        shape, dtype, name, base, seconds * 1e3, seconds / z.size * 1e9,
+        statistics.median(ratios(name, MEMORY_FLOOR)), statistics.median(ratios(name, EXP_FLOOR)),
+        statistics.median(vs_base) if vs_base else None, min(vs_base) if vs_base else None,
+        max(vs_base) if vs_base else None, temp[name], len(runs),
+        2 * z.nbytes / seconds / 1e9 if name == MEMORY_FLOOR else None))
+  return rows
+
+
+def run(shapes: list[tuple[int, int]], dtypes: list[str], rounds: int, only: str | None = None, repeat: int = 1) -> list[Row]:
+  """The fused-loss suite: every shape and dtype compiled once, then all of them timed, ``repeat`` times over."""
+  chosen = {k: v for k, v in CASES.items() if only is None or only in k or k in (MEMORY_FLOOR, EXP_FLOOR)}
+  setups = []
   for dtype in dtypes:
-    for size in sizes:
-      z, labels = _inputs(size, dtype)
-      chosen = {k: v for k, v in CASES.items() if only is None or only in k or k == "exp floor"}
+    for shape in shapes:
+      z, labels = _inputs(shape, dtype)
       compiled, temp = {}, {}
       for name, (fn, kind, _) in chosen.items():
         c, temp[name] = compile_with_memory(fn, z, labels[kind])
         compiled[name] = (c, (z, labels[kind]))
-      med = time_compiled(compiled, rounds)
-      floor = med["exp floor"]
-      label = f"{size / 2**20:g}M"
-      for name, (_, _, base) in chosen.items():
-        ratio = med[name] / med[base] if base in med else None
-        rows.append(Row(label, dtype, name, base, med[name] * 1e3, med[name] / z.size * 1e9, med[name] / floor, ratio, temp[name]))
-  return rows
+      setups.append((f"{shape[0]}×{shape[1]}", dtype, z, compiled, temp))
+  runs: list[list[dict[str, float]]] = [[] for _ in setups]
+  for _ in range(repeat):
+    for setup, times in zip(setups, runs):
+      times.append(time_compiled(setup[3], rounds))
+  bases = {name: base for name, (_, _, base) in chosen.items()}
+  return [row for (shape, dtype, z, _, temp), times in zip(setups, runs) for row in _summarize(shape, dtype, z, bases, temp, times)]
 
 
 # Linear cross-entropy: (N, D, V, dtype, timed). The timed shape is run; the
@@ -139,6 +195,11 @@ def _linear_cases(labels):
       "xent linear v&g": (lambda h, w: jnp.mean(_linear.linear_cross_entropy(h, w, labels)), "naive linear v&g"),
       "xent linear mean v&g": (lambda h, w: _linear.linear_cross_entropy(h, w, labels, reduction="mean"), "naive linear v&g"),
   }
+
+
+def _plain_row(shape: str, dtype: str, name: str, base: str | None, ms: float, per: float, ratio: float | None, temp: float) -> Row:
+  """A row of the linear and InfoNCE suites: one run, no floors."""
+  return Row(shape, dtype, name, base, ms, ms * 1e6 / per, None, None, ratio, None, None, temp, 1)
 
 
 def run_linear(rounds: int) -> list[Row]:
@@ -164,7 +225,7 @@ def run_linear(rounds: int) -> list[Row]:
     for name, (_, base) in cases.items():
       ms = med[name] * 1e3 if timed else float("nan")
       ratio = med[name] / med[base] if timed and base else (temp[name] / temp[base] if base else None)
-      rows.append(Row(f"{n}×{d}×{v}", dtype, name, base, ms, ms * 1e6 / (n * v), float("nan"), ratio, temp[name]))
+      rows.append(_plain_row(f"{n}×{d}×{v}", dtype, name, base, ms, n * v, ratio, temp[name]))
   return rows
 
 
@@ -189,36 +250,49 @@ def run_info_nce(rounds: int, batch: int = 4096, dim: int = 256) -> list[Row]:
     compiled[name] = (compiled[name], (q, k))
   med = time_compiled(compiled, rounds)
   return [
-      Row(f"{batch}×{dim}", "float32", name, base, med[name] * 1e3, med[name] / batch**2 * 1e9, float("nan"),
-          med[name] / med[base] if base else None, temp[name])
+      _plain_row(f"{batch}×{dim}", "float32", name, base, med[name] * 1e3, batch**2, med[name] / med[base] if base else None, temp[name])
       for name, (_, base) in cases.items()
   ]
 
 
+def _fmt(x: float | None, width: int) -> str:
+  return f"{x:{width}.2f}" if x is not None else " " * width
+
+
 def _print(rows: list[Row]) -> None:
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {NUM_CLASSES} classes")
-  print(f"{'logits':>7} {'dtype':<9} {'function':<17} {'ms':>9} {'ns/logit':>9} {'× floor':>8} {'× base':>7} {'temp MiB':>9}  base")
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); × mem / × exp: time over the memory / exp floor")
+  print(f"{'logits':>14} {'dtype':<9} {'function':<20} {'ms':>9} {'ns/logit':>9} {'× mem':>6} {'× exp':>6}"
+        f" {'× base':>7} {'min–max':>11} {'temp MiB':>9}  base")
   for r in rows:
-    ratio = f"{r.vs_baseline:7.2f}" if r.vs_baseline is not None else f"{'':>7}"
-    print(
-        f"{r.size:>7} {r.dtype:<9} {r.function:<17} {r.ms:9.2f} {r.ns_per_logit:9.3f} {r.vs_floor:8.2f} {ratio}"
-        f" {r.temp_mib:9.1f}  {r.baseline or ''}"
-    )
+    spread = f"{r.vs_baseline_min:.2f}–{r.vs_baseline_max:.2f}" if r.runs > 1 and r.vs_baseline_min is not None else ""
+    print(f"{r.shape:>14} {r.dtype:<9} {r.function:<20} {r.ms:9.3f} {r.ns_per_logit:9.3f} {_fmt(r.vs_memory_floor, 6)}"
+          f" {_fmt(r.vs_exp_floor, 6)} {_fmt(r.vs_baseline, 7)} {spread:>11} {r.temp_mib:9.1f}  {r.baseline or ''}")
+  floors = [r for r in rows if r.gb_per_s is not None]
+  if floors:
+    print("measured bandwidth (memory floor: logits read once and written once, fresh output):")
+    print("  " + ", ".join(f"{r.shape} {r.dtype} {r.gb_per_s:.1f} GB/s" for r in floors))
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m xent_jax bench", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--sizes", default="1,16,128", help="logits per call in units of 2^20, comma-separated")
+  parser.add_argument("--shapes", default=",".join(f"{n}x{c}" for n, c in SHAPES),
+                      help="logits shapes ROWSxCLASSES, comma-separated (default: %(default)s)")
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--rounds", type=int, default=6)
-  parser.add_argument("--only", help="only the functions whose name contains this (e.g. 'int v&g')")
+  parser.add_argument("--repeat", type=int, default=1, help="time the fused suite this many times; report medians and min–max")
+  parser.add_argument("--only", help="only the functions whose name contains this (e.g. 'int v&g'); the floors always run")
   parser.add_argument("--suite", choices=("fused", "linear", "info_nce", "all"), default="all")
   parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
   args = parser.parse_args(argv)
-  sizes = [int(float(s) * 2**20) for s in args.sizes.split(",")]
+  try:
+    shapes = parse_shapes(args.shapes)
+  except ValueError as e:
+    parser.error(str(e))
+  if args.repeat < 1 or args.rounds < 1:
+    parser.error("--repeat and --rounds must be at least 1")
   rows = []
   if args.suite in ("fused", "all"):
-    rows += run(sizes, args.dtypes.split(","), args.rounds, args.only)
+    rows += run(shapes, args.dtypes.split(","), args.rounds, args.only, args.repeat)
   if args.suite in ("linear", "all"):
     rows += run_linear(args.rounds)
   if args.suite in ("info_nce", "all"):
