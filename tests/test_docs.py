@@ -1,0 +1,70 @@
+"""The documentation builds with no warning, every cross-reference resolved (`sphinx-build -W --keep-going -n`).
+
+The build renders the notebooks `tests/test_notebooks.py` executes (once per session, shared) and the
+derivation report, which runs in a subprocess while the notebooks execute.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import nbformat
+
+from test_notebooks import executed
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def test_docs_build_without_warnings(tmp_path):
+  report = tmp_path / "derivations.json"
+  derivations = subprocess.Popen([sys.executable, "-m", "xent_jax", "--json", str(report)], stdout=subprocess.DEVNULL, cwd=ROOT)
+  notebooks = tmp_path / "notebooks"
+  notebooks.mkdir()
+  for path, notebook in executed().items():
+    assert not isinstance(notebook, Exception), f"{path.name} did not run: {notebook}"
+    nbformat.write(notebook, notebooks / path.name)
+  assert derivations.wait() == 0, "the derivation report failed"
+
+  env = dict(os.environ, XENT_JAX_DERIVATIONS_JSON=str(report), XENT_JAX_EXECUTED_NOTEBOOKS=str(notebooks))
+  html = tmp_path / "html"
+  build = subprocess.run(
+      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "-d", str(tmp_path / "doctrees"), "docs", str(html)],
+      cwd=ROOT, env=env, capture_output=True, text=True,
+  )
+  assert build.returncode == 0, build.stderr[-6000:]
+
+  page = (html / "derivations.html").read_text()
+  anchors = set(re.findall(r'id="(eq-4-[24][-\d]*)"', page))
+  assert anchors == {f"eq-4-2-{k}" for k in range(1, 48)} | {"eq-4-4"}
+  assert page.count("Corrected") >= 3, "the seed's three slips are marked"
+  api = (html / "api" / "xent_jax.html").read_text()
+  assert 'href="../derivations.html#eq-4-2-37"' in api, "docstring citations link to the Derivations page"
+  assert 'id="xent_jax.linear_cross_entropy"' in api
+  assert "<img" in (html / "notebooks" / "07_language_model.html").read_text()
+
+
+def test_equation_citations_become_links_outside_math_literals_and_doctests():
+  sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+  import xent_docs
+
+  lines = [
+      'Seed Eq. 4.2.23, 4.2.29–4.2.31 and "4.4"; ``4.2.5`` and :math:`4.2.6` stay; |b| is an absolute value.',
+      "",
+      ".. math::",
+      "",
+      "   L = 4.2.7",
+      "",
+      ">>> f(4.2.8)",
+      "4.2.9",
+      "",
+      "Eq. 4.2.10.",
+  ]
+  xent_docs.link_equations(None, "function", "f", None, {}, lines)
+  assert lines[0] == (
+      "Seed Eq. :ref:`4.2.23 <eq-4.2.23>`, :ref:`4.2.29 <eq-4.2.29>`–:ref:`4.2.31 <eq-4.2.31>` and"
+      ' ":ref:`4.4 <eq-4.4>`"; ``4.2.5`` and :math:`4.2.6` stay; \\|b\\| is an absolute value.'
+  )
+  assert lines[2:9] == [".. math::", "", "   L = 4.2.7", "", ">>> f(4.2.8)", "4.2.9", ""]
+  assert lines[9] == "Eq. :ref:`4.2.10 <eq-4.2.10>`."
