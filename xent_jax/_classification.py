@@ -8,11 +8,14 @@ although the mathematics is finite.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from xent_jax import _checks, _core, _fused
+from xent_jax import _checks, _core, _fused, _limits
 from xent_jax._checks import Axis
+from xent_jax._info import xlogx
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -248,19 +251,23 @@ def sigmoid_binary_cross_entropy(
 
   Seed Eq. 4.2.11, 4.2.19–4.2.22. A term whose weight (y or 1 - y) is 0 is 0,
   so ``z = +inf`` with ``y = 1`` (and ``-inf`` with ``0``) gives loss 0 and
-  gradient 0, where optax returns NaN. Plain differentiable code: forward and
-  reverse mode both work.
+  gradient 0, where optax returns NaN. Every derivative at ``z = ±inf`` is
+  the mathematical limit, in both autodiff modes and to second order:
+  ∂L/∂z → 1 - y or -w₊y; ∂L/∂y = w₊ softplus(-z) - softplus(z) is ∓inf at
+  z = ±inf; ∂L/∂w₊ = y softplus(-z) is +inf at z = -inf unless y = 0 (then 0).
 
   Args:
     logits: logits of the positive class, any shape.
-    labels: targets in [0, 1] broadcastable to ``logits``.
-    pos_weight: w₊, the weight of the positive term, broadcastable to
-      ``logits`` (one per class on the last axis, as
+    labels: targets in [0, 1]; ``logits`` and ``labels`` broadcast against
+      each other, as in optax (integer or boolean labels are taken).
+    pos_weight: w₊, the weight of the positive term, broadcastable to the
+      losses' shape (one per class on the last axis, as
       ``torch.nn.functional.binary_cross_entropy_with_logits``'s
       ``pos_weight``); ``None`` is 1.
 
   Returns:
-    losses of the logits' shape, float32 for 16-bit logits.
+    losses of the broadcast shape of ``logits`` and ``labels``, float32 for
+    16-bit logits.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -269,18 +276,34 @@ def sigmoid_binary_cross_entropy(
     >>> print(xent_jax.sigmoid_binary_cross_entropy(jnp.array([0.0, jnp.inf]), jnp.array([1.0, 1.0])))
     [0.6931 0.    ]
   """
-  z = _checks.as_floating(logits, "logits")
-  y = _checks.broadcast_arg(jnp.asarray(labels), z.shape, "labels", "logits")
-  dtype = _checks.compute_dtype(z.dtype, y.dtype)
-  z, y = z.astype(dtype), y.astype(dtype)
-  if pos_weight is not None:
-    w = _checks.as_floating(pos_weight, "pos_weight")
-    y_pos = y * _checks.broadcast_arg(w, z.shape, "pos_weight", "logits").astype(dtype)
+  z, y = _checks.broadcast_pair(_checks.as_floating(logits, "logits"), jnp.asarray(labels), ("logits", "labels"))
+  if pos_weight is None:
+    w = jnp.ones((), z.dtype)
   else:
-    y_pos = y
-  pos = jnp.where(y_pos != 0, y_pos * jax.nn.softplus(-z), 0)
-  neg = jnp.where(y != 1, (1 - y) * jax.nn.softplus(z), 0)
-  return pos + neg
+    w = _checks.broadcast_arg(_checks.as_floating(pos_weight, "pos_weight"), z.shape, "pos_weight", "logits")
+  return _sigmoid_bce(z, y, w.astype(z.dtype))
+
+
+@jax.custom_jvp
+def _sigmoid_bce(z: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+  """w y softplus(-z) + (1 - y) softplus(z), a term 0 where its weight is 0."""
+  return _limits.xsoftplus(w * y, -z) + _limits.xsoftplus(1 - y, z)
+
+
+def _sigmoid_bce_jvp(primals, tangents):
+  # ∂L/∂z is finite; the softplus factors of ∂L/∂y and ∂L/∂w are ∞ at z = ∓inf,
+  # so they go through softplus_product (0·∞ = 0, exact to every order).
+  z, y, w = primals
+  dz, dy, dw = tangents
+  out = _sigmoid_bce(z, y, w)
+  return out, _limits.tangent_sum(out, [
+      (dz, lambda: ((1 - y) * jax.nn.sigmoid(z) - w * y * jax.nn.sigmoid(-z)) * dz),
+      (dy, lambda: _limits.softplus_product(-z, w, dy) - _limits.softplus_product(z, jnp.ones_like(z), dy)),
+      (dw, lambda: _limits.softplus_product(-z, y, dw)),
+  ])
+
+
+_sigmoid_bce.defjvp(_sigmoid_bce_jvp, symbolic_zeros=True)
 
 
 def binary_cross_entropy(probabilities: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -292,7 +315,11 @@ def binary_cross_entropy(probabilities: ArrayLike, labels: ArrayLike) -> jax.Arr
 
   Seed Eq. 4.2.11 and 4.2.19, with 0·log 0 = 0. Prefer
   :func:`sigmoid_binary_cross_entropy` on logits: probabilities rounded to 0
-  or 1 lose the information the logits had.
+  or 1 lose the information the logits had. First derivatives at
+  ``p̂ ∈ {0, 1}`` are the limits in both autodiff modes: ∂L/∂p̂ = 1 at
+  (p̂, y) = (0, 0), -1 at (1, 1), ±inf where the prediction is certain and
+  wrong; ∂L/∂y = log(1 - p̂) - log p̂ is ±inf there. Second derivatives are
+  exact for 0 < p̂ < 1.
 
   Args:
     probabilities: predicted probability of the positive class, any shape.
@@ -313,10 +340,18 @@ def binary_cross_entropy(probabilities: ArrayLike, labels: ArrayLike) -> jax.Arr
   y = _checks.broadcast_arg(jnp.asarray(labels), p.shape, "labels", "probabilities")
   dtype = _checks.compute_dtype(p.dtype, y.dtype)
   p, y = p.astype(dtype), y.astype(dtype)
-  p = _checks.nan_where(~((p >= 0) & (p <= 1)), p)
-  pos = jnp.where(y != 0, y * jnp.log(jnp.where(y != 0, p, 1)), 0)
-  neg = jnp.where(y != 1, (1 - y) * jnp.log1p(-jnp.where(y != 1, p, 0)), 0)
-  return -(pos + neg)
+  return _bce_probabilities(_checks.nan_where(~((p >= 0) & (p <= 1)), p), y)
+
+
+def _bce_probabilities_value(p: jax.Array, y: jax.Array) -> jax.Array:
+  return -(jnp.where(y == 0, 0, y * jnp.log(p)) + jnp.where(y == 1, 0, (1 - y) * jnp.log1p(-p)))
+
+
+def _bce_probabilities_partials(p: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return _limits.ratio(1 - y, 1 - p) - _limits.ratio(y, p), jnp.log1p(-p) - jnp.log(p)
+
+
+_bce_probabilities = _limits.elementwise(_bce_probabilities_value, _bce_probabilities_partials)
 
 
 def mse_on_probabilities(
@@ -332,7 +367,10 @@ def mse_on_probabilities(
 
   Seed Eq. 4.2.18, for comparison with cross-entropy: its gradient
   2 J (p̂ - p) vanishes as the softmax saturates, even when the prediction is
-  wrong, where the cross-entropy gradient p̂ - p does not.
+  wrong, where the cross-entropy gradient p̂ - p does not. ``+inf`` logits
+  give the limit: p̂ shares the mass evenly among them (gradient 0 for one
+  +inf logit); a row whose included logits are all ``-inf`` is undefined
+  (NaN), a row with nothing included is 0.
 
   Args:
     logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
@@ -355,8 +393,25 @@ def mse_on_probabilities(
   dtype = _checks.compute_dtype(z.dtype, p.dtype)
   if where is not None:
     where = _checks.broadcast_arg(jnp.asarray(where, bool), z.shape, "where", "logits")
-  p_hat = jax.nn.softmax(z.astype(dtype), axis=axes, where=where)
+  p_hat = _softmax_with_limits(z.astype(dtype), axes, where)
   return jnp.sum(jnp.square(p.astype(dtype) - p_hat), axis=axes, where=where)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _softmax_with_limits(z: jax.Array, axes: tuple[int, ...], where: jax.Array | None) -> jax.Array:
+  """softmax over ``axes``; where a row has +inf logits, its limit (the mass shared by them)."""
+  m = jnp.max(z, axes, where=where, initial=-jnp.inf, keepdims=True)
+  shifted = jnp.where(m == jnp.inf, jnp.where(z == jnp.inf, 0, -jnp.inf), z - m)
+  e = jnp.exp(shifted) if where is None else jnp.where(where, jnp.exp(shifted), 0)
+  total = jnp.sum(e, axes, keepdims=True)
+  return e / jnp.where(total == 0, 1, total)
+
+
+@_softmax_with_limits.defjvp
+def _softmax_with_limits_jvp(axes, primals, tangents):
+  (z, where), (dz, _) = primals, tangents
+  p = _softmax_with_limits(z, axes, where)
+  return p, p * (dz - jnp.sum(p * dz, axes, where=where, keepdims=True))
 
 
 def _log_domain_pair(log_predictions: ArrayLike, other: ArrayLike, name: str):
@@ -376,8 +431,11 @@ def kl_divergence(
     D_{KL}(P \| Q) = \sum_i p_i (\log p_i - \log q_i)
 
   Seed Eq. 4.2.4. Terms with ``targets = 0`` are 0 even where
-  ``log_predictions = -inf`` (optax returns NaN there), with finite gradients.
-  Negative targets give NaN.
+  ``log_predictions = -inf`` (optax returns NaN there). Negative targets give
+  NaN. Gradients are the limits, in both autodiff modes: ∂/∂log q_i = -p_i
+  (0 at p_i = 0); ∂/∂p_i = log p_i + 1 - log q_i, with the p·log p part's
+  derivative taken as 0 at p_i = 0 (see :mod:`xent_jax.info`), so -log q_i
+  there: +inf where ``log_predictions = -inf``.
 
   Args:
     log_predictions: log-probabilities of the model, shape ``[..., n]``.
@@ -395,9 +453,7 @@ def kl_divergence(
     0.143841
   """
   lp, t = _log_domain_pair(log_predictions, targets, "targets")
-  nonzero = t != 0
-  safe_t, safe_lp = jnp.where(nonzero, t, 1), jnp.where(nonzero, lp, 0)
-  terms = jnp.where(nonzero, safe_t * (jnp.log(safe_t) - safe_lp), 0)
+  terms = xlogx(t) - _limits.product(t, lp)
   return jnp.sum(terms, axis=_checks.normalize_axes(axis, terms.ndim), where=where)
 
 
@@ -413,7 +469,12 @@ def kl_divergence_with_log_targets(
     D_{KL}(P \| Q) = \sum_i e^{\log p_i} (\log p_i - \log q_i)
 
   Seed Eq. 4.2.4–4.2.5. Terms with ``log_targets = -inf`` are 0, also where
-  ``log_predictions = -inf`` (optax returns NaN there).
+  ``log_predictions = -inf`` (optax returns NaN there). Gradients, both
+  autodiff modes: ∂/∂log q_i = -p_i; ∂/∂log p_i = p_i (log p_i - log q_i + 1),
+  0 at ``log_targets = -inf`` and +inf at ``log_predictions = -inf``. Where
+  both are ``-inf`` the partial in ``log_targets`` is undefined (the term
+  jumps from +inf to 0); 0 is returned, its limit along log p = log q → -inf,
+  so classes masked in both stay finite.
 
   Args:
     log_predictions: log-probabilities of the model, shape ``[..., n]``.
@@ -431,8 +492,18 @@ def kl_divergence_with_log_targets(
     >>> print(round(float(xent_jax.kl_divergence_with_log_targets(lq, lp)), 6))
     1.386294
   """
-  lp, lt = _log_domain_pair(log_predictions, log_targets, "log_targets")
-  nonzero = lt != -jnp.inf
-  safe_lt, safe_lp = jnp.where(nonzero, lt, 0), jnp.where(nonzero, lp, 0)
-  terms = jnp.where(nonzero, jnp.exp(safe_lt) * (safe_lt - safe_lp), 0)
+  terms = _log_target_kl_terms(*_log_domain_pair(log_predictions, log_targets, "log_targets"))
   return jnp.sum(terms, axis=_checks.normalize_axes(axis, terms.ndim), where=where)
+
+
+def _log_target_kl_value(lp: jax.Array, lt: jax.Array) -> jax.Array:
+  return jnp.where(lt == -jnp.inf, 0, jnp.exp(lt) * (lt - lp))
+
+
+def _log_target_kl_partials(lp: jax.Array, lt: jax.Array) -> tuple[jax.Array, jax.Array]:
+  finite = lt != -jnp.inf
+  safe_lt = jnp.where(finite, lt, 0)
+  return -jnp.exp(lt), jnp.where(finite, jnp.exp(safe_lt) * (safe_lt - lp + 1), 0)
+
+
+_log_target_kl_terms = _limits.elementwise(_log_target_kl_value, _log_target_kl_partials)

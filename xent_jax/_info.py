@@ -4,6 +4,14 @@ Arguments follow the seed's order: the target distribution P first, then the
 model distribution Q. All functions use the convention 0·log 0 = 0 (and
 0·log q = 0 for any q), return +inf where q = 0 < p, and NaN where a
 probability is negative or NaN.
+
+Gradients at the edge of the simplex are the limits of the partial
+derivatives, ±inf where those are infinite (∂H(P, Q)/∂p_i = -log q_i = +inf at
+q_i = 0, ∂/∂q_i = -p_i/q_i), in every Jacobian entry and both autodiff modes,
+with one convention: the derivative of p·log p at p = 0 is 0 (the one-sided
+limit is -inf). 0 is the limit of the chain rule along any smooth path into
+p = 0 (p = softmax(z): (log p + 1)·p(1 - p) → 0), so entropy(softmax(z)) keeps
+a finite, exact gradient where a probability underflows.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from xent_jax import _checks
+from xent_jax import _checks, _limits
 from xent_jax._checks import Axis
 
 
@@ -26,10 +34,19 @@ def _pair(p, q) -> tuple[jax.Array, jax.Array]:
   return _checks.broadcast_pair(_probabilities(p, "p"), _probabilities(q, "q"), ("p", "q"))
 
 
-def xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
-  """x·log(y) with 0·log(y) = 0 for every y, and gradients that stay finite there."""
-  nonzero = x != 0
-  return jnp.where(nonzero, x * jnp.log(jnp.where(nonzero, y, 1)), 0)
+def _xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
+  """x·log(y) with 0·log(y) = 0 for every y; ∂/∂x = log y, ∂/∂y = x/y (0 where x = 0)."""
+  return jnp.where(x == 0, 0, x * jnp.log(y))
+
+
+def _xlogx(x: jax.Array) -> jax.Array:
+  """x·log(x) with 0·log 0 = 0; ∂/∂x = log x + 1, taken as 0 at x = 0 (see the module note)."""
+  return jnp.where(x == 0, 0, x * jnp.log(x))
+
+
+xlogy = _limits.elementwise(_xlogy, lambda x, y: (jnp.log(y), _limits.ratio(x, y)))
+xlogx = _limits.elementwise(_xlogx, lambda x: (jnp.where(x == 0, 0, jnp.log(jnp.where(x == 0, 1, x)) + 1),))
+_surprisal = _limits.elementwise(lambda p: -jnp.log(p), lambda p: (-_limits.ratio(jnp.ones_like(p), p),))
 
 
 def _reduce(terms: jax.Array, axis: Axis, where, base) -> jax.Array:
@@ -62,7 +79,7 @@ def self_information(p: jax.typing.ArrayLike, *, base: float | None = None) -> j
     [1. 2. 3.]
   """
   scale = _checks.log_base_scale(base)
-  return _checks.rescale(-jnp.log(_probabilities(p, "p")), scale)
+  return _checks.rescale(_surprisal(_probabilities(p, "p")), scale)
 
 
 def entropy(
@@ -96,7 +113,7 @@ def entropy(
     [1. 0.]
   """
   p = _probabilities(p, "p")
-  return _reduce(-xlogy(p, p), axis, where, base)
+  return _reduce(-xlogx(p), axis, where, base)
 
 
 def cross_entropy(
@@ -171,7 +188,4 @@ def kl_divergence(
     0.207519
   """
   p, q = _pair(p, q)
-  nonzero = p != 0
-  safe_p, safe_q = jnp.where(nonzero, p, 1), jnp.where(nonzero, q, 1)
-  terms = jnp.where(nonzero, safe_p * (jnp.log(safe_p) - jnp.log(safe_q)), 0)
-  return _reduce(terms, axis, where, base)
+  return _reduce(xlogx(p) - xlogy(p, q), axis, where, base)
