@@ -63,8 +63,8 @@ def test_equation_citations_become_links_outside_math_literals_and_doctests():
   ]
   xent_docs.link_equations(None, "function", "f", None, {}, lines)
   assert lines[0] == (
-      "Seed Eq. :ref:`4.2.23 <eq-4.2.23>`, :ref:`4.2.29 <eq-4.2.29>`–:ref:`4.2.31 <eq-4.2.31>` and"
+      "Seed :ref:`Eq. 4.2.23 <eq-4.2.23>`, :ref:`4.2.29 <eq-4.2.29>`–:ref:`4.2.31 <eq-4.2.31>` and"
       ' ":ref:`4.4 <eq-4.4>`"; ``4.2.5`` and :math:`4.2.6` stay; \\|b\\| is an absolute value.'
   )
   assert lines[2:9] == [".. math::", "", "   L = 4.2.7", "", ">>> f(4.2.8)", "4.2.9", ""]
-  assert lines[9] == "Eq. :ref:`4.2.10 <eq-4.2.10>`."
+  assert lines[9] == ":ref:`Eq. 4.2.10 <eq-4.2.10>`."

@@ -1,8 +1,8 @@
 """Sphinx extension for the xent_jax docs: the API pages, the Derivations page, equation links, notebooks.
 
 - ``.. xent-api:: MODULE`` documents every name in ``MODULE.__all__`` (a
-  summary table, then one entry per name), so a new public name cannot be
-  left out of the reference.
+  table of their one-line summaries, then one entry per name), so a new
+  public name cannot be left out of the reference.
 - ``.. xent-derivations::`` writes the Derivations page from
   ``xent_jax.derivations.REGISTRY``: every seed equation in LaTeX with its
   claim, the checks that cover it and the errors they measured in float32 and
@@ -59,6 +59,12 @@ def _rst(app_or_directive, lines: list[str]) -> list[nodes.Node]:
 # The API pages ---------------------------------------------------------------------------
 
 
+def _summary(obj) -> str:
+  """The first paragraph of a docstring (its one-line summary), equation numbers linked."""
+  doc = inspect.getdoc(obj) or ""
+  return _link_numbers(" ".join(doc.split("\n\n")[0].split()))
+
+
 class PublicApi(SphinxDirective):
   """``.. xent-api:: xent_jax.info``: every name in the module's ``__all__``."""
 
@@ -84,19 +90,20 @@ class PublicApi(SphinxDirective):
         entries += [f".. autofunction:: {full}", ""]
       else:
         entries += [f".. autodata:: {full}", "   :no-value:", ""]
-    summary = [".. autosummary::", "   :nosignatures:", ""] + [f"   {n.rsplit('.', 1)[1]}" for n in documented] + [""]
-    return _rst(self, summary + entries)
+    summary = [".. list-table::", "   :widths: 35 65", ""]
+    for full in documented:
+      summary += [f"   * - :py:obj:`~{full}`", f"     - {_summary(getattr(module, full.rsplit('.', 1)[1]))}"]
+    return _rst(self, summary + [""] + entries)
 
   @staticmethod
   def _reexport(full: str, obj) -> list[str]:
     """A function xent_jax re-exports from JAX, with a pointer to JAX's documentation."""
     source = f"{obj.__module__.replace('._src', '').rsplit('.', 1)[0]}.{obj.__name__}"
     source = source.replace("jax.ops.special", "jax.nn")  # logsumexp's public home
-    summary = (inspect.getdoc(obj) or "").split("\n")[0]
     return [
         f".. py:function:: {full}{inspect.signature(obj)}",
         "",
-        f"   {summary}",
+        f"   {_summary(obj)}",
         "",
         f"   ``{source}``, re-exported unchanged so that ``import xent_jax as losses`` covers it;"
         f" see `its documentation in JAX <{JAX_DOCS.format(source)}>`__.",
@@ -112,10 +119,12 @@ def _report_path(app) -> pathlib.Path:
   return pathlib.Path(given) if given else pathlib.Path(app.doctreedir) / "derivations.json"
 
 
-def start_report(app, env, docnames) -> None:
-  """Starts the derivation report in a subprocess when the Derivations page is to be read."""
+def start_report(app, env, docnames: list[str]) -> None:
+  """Starts the derivation report in a subprocess and reads the Derivations page last, so they overlap."""
   if "derivations" not in docnames or os.environ.get("XENT_JAX_DERIVATIONS_JSON"):
     return
+  docnames.remove("derivations")
+  docnames.append("derivations")
   path = _report_path(app)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.unlink(missing_ok=True)
@@ -130,10 +139,14 @@ def always_reread(app, env, added, changed, removed) -> list[str]:
 
 
 def _load_report(app) -> list[dict]:
+  """The report's rows; ``python -m xent_jax`` exits 1 when a check fails, but writes them all first."""
   proc = getattr(app, "_xent_report", None)
   if proc is not None:
     proc.wait()
-  return json.loads(_report_path(app).read_text())
+  path = _report_path(app)
+  if not path.exists():
+    raise RuntimeError(f"the derivation report wrote no {path} (python -m xent_jax exited {proc and proc.returncode})")
+  return json.loads(path.read_text())
 
 
 def _equation_label(k: int | str) -> str:
@@ -185,7 +198,7 @@ class Derivations(SphinxDirective):
           sorted(seed_equations.CORRECTED), sorted(noted), location=self.get_location()
       )
 
-    lines = self._summary(checks, pairs)
+    lines = self._report_table(checks, pairs)
     for number, title, members in seed_equations.SECTIONS:
       lines += [f"Section {number}: {title}", "=" * 80, ""]
       for k in members:
@@ -196,14 +209,14 @@ class Derivations(SphinxDirective):
     return _rst(self, lines)
 
   @staticmethod
-  def _summary(checks, pairs) -> list[str]:
+  def _report_table(checks, pairs) -> list[str]:
     flat = [r for pair in pairs for r in pair]
     lines = [
         "The report",
         "=" * 80,
         "",
         f"{sum(r['passed'] for r in flat)} of {len(flat)} checks passed ({len(checks)} checks, each in float32 and"
-        " float64), measured while these pages were built. Errors are ``max |a - b| / (1 + |b|)``; each check's"
+        f" float64), measured while these pages were built ({_platform()}). Errors are ``max |a - b| / (1 + |b|)``; each check's"
         " tolerance is a few ulps of the dtype times the length and conditioning of the computation.",
         "",
         ".. list-table::",
@@ -266,6 +279,13 @@ class Derivations(SphinxDirective):
     return lines
 
 
+def _platform() -> str:
+  import jax
+
+  backend, kind = jax.default_backend(), jax.devices()[0].device_kind
+  return f"jax {jax.__version__} on {backend.upper()}" + ("" if kind.lower() == backend else f", {kind}")
+
+
 def _sentence(text: str) -> str:
   return f"{text[0].upper()}{text[1:]}."
 
@@ -277,12 +297,14 @@ def _escape(text: str) -> str:
 
 # Equation links in docstrings ----------------------------------------------------------------
 
-_NUMBER = re.compile(r'4\.2\.(\d+)|(?<=")4\.4(?=")|(?<=section )4\.4\b')
+_NUMBER = re.compile(r'(?:Eq\. )?4\.2\.(\d+)|(?<=")4\.4(?=")|(?<=section )4\.4\b')
 _LITERAL = re.compile(r"(``.+?``|:\w+:`[^`]*`|\{\w+\}`[^`]*`|`[^`]*`_*)")
 
 
 def _link_numbers(text: str, role: str = ":ref:") -> str:
   """Links the equation numbers in a line of prose (outside literals and roles).
+
+  A leading "Eq. " goes into the link's text.
 
   In reStructuredText (``role=":ref:"``) a bar is escaped too: the docstrings
   write plain-text mathematics, where ``|b|`` is an absolute value, not a
