@@ -9,8 +9,11 @@ import pathlib
 import re
 import subprocess
 import sys
+import types
 
 import nbformat
+
+import xent_jax
 
 from test_notebooks import executed
 
@@ -41,7 +44,10 @@ def test_docs_build_without_warnings(tmp_path):
   assert page.count("Corrected") >= 3, "the seed's three slips are marked"
   api = (html / "api" / "xent_jax.html").read_text()
   assert 'href="../derivations.html#eq-4-2-37"' in api, "docstring citations link to the Derivations page"
-  assert 'id="xent_jax.linear_cross_entropy"' in api
+  for module in (xent_jax, xent_jax.info, xent_jax.closed_forms, xent_jax.derivations):
+    page = (html / "api" / f"{module.__name__.removeprefix('xent_jax.')}.html").read_text()
+    public = [n for n in module.__all__ if not isinstance(getattr(module, n), types.ModuleType)]
+    assert not [n for n in public if f'id="{module.__name__}.{n}"' not in page], f"undocumented names in {module.__name__}"
   assert "<img" in (html / "notebooks" / "07_language_model.html").read_text()
 
 

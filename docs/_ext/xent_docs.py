@@ -48,15 +48,17 @@ LOGGER = logging.getLogger(__name__)
 JAX_DOCS = "https://docs.jax.dev/en/latest/_autosummary/{}.html"
 
 
-def _rst(app_or_directive, lines: list[str]) -> list[nodes.Node]:
+def _rst(directive: SphinxDirective, lines: list[str]) -> list[nodes.Node]:
   """Parses generated reStructuredText (titles allowed) into nodes."""
   node = nodes.section()
-  node.document = app_or_directive.state.document
-  nested_parse_with_titles(app_or_directive.state, StringList(lines, "<xent_docs>"), node)
+  node.document = directive.state.document
+  nested_parse_with_titles(directive.state, StringList(lines, "<xent_docs>"), node)
   return node.children
 
 
 # The API pages ---------------------------------------------------------------------------
+
+JAX_MODULES = ("jax.nn", "jax.numpy", "jax.scipy.special")  # where a re-exported function is public in JAX
 
 
 def _summary(obj) -> str:
@@ -74,34 +76,30 @@ class PublicApi(SphinxDirective):
     name = self.arguments[0]
     module = importlib.import_module(name)
     self.env.note_dependency(module.__file__)
-    entries, documented = [], []
+    summary = [".. list-table::", "   :widths: 35 65", ""]
+    entries = []
     for public in module.__all__:
       obj = getattr(module, public)
-      full = f"{name}.{public}"
       if isinstance(obj, types.ModuleType):
         continue  # submodules have pages of their own
-      documented.append(full)
-      origin = getattr(obj, "__module__", "") or ""
-      if callable(obj) and not origin.startswith("xent_jax"):
-        entries += self._reexport(full, obj)
+      summary += [f"   * - :py:obj:`~{name}.{public}`", f"     - {_summary(obj)}"]
+      if callable(obj) and not obj.__module__.startswith("xent_jax"):
+        entries += self._reexport(name, public, obj)
       elif inspect.isclass(obj):
-        entries += [f".. autoclass:: {full}", "   :members:", ""]
+        entries += [f".. autoclass:: {name}.{public}", "   :members:", ""]
       elif callable(obj):
-        entries += [f".. autofunction:: {full}", ""]
+        entries += [f".. autofunction:: {name}.{public}", ""]
       else:
-        entries += [f".. autodata:: {full}", "   :no-value:", ""]
-    summary = [".. list-table::", "   :widths: 35 65", ""]
-    for full in documented:
-      summary += [f"   * - :py:obj:`~{full}`", f"     - {_summary(getattr(module, full.rsplit('.', 1)[1]))}"]
+        entries += [f".. autodata:: {name}.{public}", "   :no-value:", ""]
     return _rst(self, summary + [""] + entries)
 
   @staticmethod
-  def _reexport(full: str, obj) -> list[str]:
+  def _reexport(module: str, public: str, obj) -> list[str]:
     """A function xent_jax re-exports from JAX, with a pointer to JAX's documentation."""
-    source = f"{obj.__module__.replace('._src', '').rsplit('.', 1)[0]}.{obj.__name__}"
-    source = source.replace("jax.ops.special", "jax.nn")  # logsumexp's public home
+    source = next(f"{m}.{public}" for m in JAX_MODULES if getattr(importlib.import_module(m), public, None) is obj)
     return [
-        f".. py:function:: {full}{inspect.signature(obj)}",
+        f".. py:function:: {public}{inspect.signature(obj)}",
+        f"   :module: {module}",
         "",
         f"   {_summary(obj)}",
         "",
