@@ -1,75 +1,102 @@
 """Fused linear cross-entropy: softmax CE of ``embeddings @ classifier`` without the N×V logits.
 
-The logits z = h W are only ever formed one chunk at a time, with float32
-accumulation. Two kernels, both ``jax.custom_vjp``:
+The logits z = h W are only ever formed one block at a time: a chunk of the
+vocabulary for a block of tokens, at most about 16 MiB of float32 logits,
+with float32 accumulation. The kernel is a ``jax.custom_jvp``, so forward
+mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``), reverse mode and their
+compositions (``jax.hessian``, jvp of grad) all work:
 
-* per-example losses (``reduction="none"``): the forward walks the vocabulary
-  in chunks keeping an online max M and sum s = Σ exp(z - M) (LogSumExp,
-  Eq. 4.2.35), the label's logit and, for label smoothing, Σ z. The residuals
-  are the inputs and, per token, M and log s. The backward walks the
-  vocabulary again, recomputes each chunk of logits and forms
-  G = (p̂·(1 + 2ζ lse) - (1-ε) onehot - ε/V)·u in float32, with the upstream
-  gradient u folded in per token before any sum over tokens, then
-  dX += G Wᵀ (float32 accumulator) and dW[:, chunk] = hᵀ G (one matmul over
-  all tokens, float32 accumulation, no accumulation across chunks).
-  8·N·D·V flops for value_and_grad against the naive 6·N·D·V.
-* scalar losses (``reduction="mean" | "sum"``): the upstream gradient is one
-  number, so the forward of a differentiated call walks the tokens in chunks,
-  forms each chunk's full logits once, and computes the loss, dX and dW
-  (float32 accumulator) together; the backward only scales them. 6·N·D·V flops.
-  A forward-only call runs the vocabulary walk and computes no gradient.
+* The rule's primal walks the blocks keeping per token an online max M and
+  s = Σ exp(z - M) (LogSumExp, Eq. 4.2.35), the label's logit and, for label
+  smoothing, Σ z; the per-token loss comes from ``_core.loss``.
+* The tangent is Σ_k G_k ż_k with ż = ḣ W + h Ẇ and G = ∂L/∂z from the row
+  factors of ``_core.factors`` (Eq. 4.2.40), walked over the same blocks,
+  each block's body under ``jax.checkpoint``.
+* Reverse mode transposes the tangent, keeping only the inputs and
+  (M, log s), and recomputes each block's logits: dX += G Wᵀ into a float32
+  accumulator, dW[:, chunk] = hᵀ G (accumulated in float32 over the token
+  blocks), the upstream gradient folded into G per token. 8·N·D·V flops for
+  value_and_grad or a jvp, against the naive composition's 6·N·D·V.
 
-The backward matmuls take the inputs' dtype (G is rounded to it after being
-formed in float32); gradients come back in the inputs' dtypes.
+``reduction="mean" | "sum"`` reduces the per-token losses. (A token walk that
+forms each block's whole rows once and the gradient in the forward, 6·N·D·V
+flops, measured no faster on XLA:CPU for value_and_grad and held a float32
+D×V accumulator: 80 MiB against 28 at N=2048, D=512, V=32768.)
+
+G is formed in float32 and stays so in the gradient products (the
+classifier's chunk is converted per block, hᵀ once: N×D float32), so in
+every dtype pair, bf16 embeddings with float32 master weights included, the
+gradients are at least as accurate as the naive composition's. Losses are
+float32 (float64 under x64), gradients in the inputs' dtypes.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from xent_jax import _checks
-from xent_jax._fused import Classes
+from xent_jax import _checks, _core
+from xent_jax._core import ClassAxis
+from xent_jax._fused import _fused_loss
 
 ArrayLike = jax.typing.ArrayLike
 
-# Bytes of float32 logits one chunk may hold; the chunk's other N×chunk
-# temporaries (p̂, G and its rounded copy) are of the same order.
-_CHUNK_BYTES = 16 * 2**20
+# Bytes of float32 logits one block may hold; the block's other temporaries
+# (p̂ and G) are of the same order.
+_BLOCK_BYTES = 16 * 2**20
 
 
 class _Options(NamedTuple):
-  label_smoothing: float
-  z_loss: float
-  ignore_index: int | None
+  """Static options of the kernel."""
+
+  ce: _core.Options
   softcap: float | None
-  vocab_chunk: int
-  token_chunk: int
-  reduction: str
-  classes: Classes
+  token_block: int  # tokens per block
+  vocab_chunk: int  # classifier columns per block
+  class_axis: ClassAxis
 
 
-def default_chunk_size(rows: int, length: int) -> int:
-  """Chunk of ``length`` so that rows × chunk float32 logits take about 16 MiB: a multiple of 128."""
-  chunk = _CHUNK_BYTES // (4 * max(rows, 1))
-  return int(max(1, min(length, max(128, chunk // 128 * 128))))
+def _block_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int] | None) -> tuple[int, int]:
+  """(tokens, classes) per block, at most about 16 MiB of float32 logits unless ``chunk_size`` says otherwise.
+
+  The vocabulary chunk is by default the multiple of 128 (at least 128) that
+  takes all tokens in 16 MiB; an int ``chunk_size`` sets it. The tokens are
+  then blocked to keep a block within 16 MiB. A pair sets (tokens, classes).
+  """
+  if isinstance(chunk_size, tuple):
+    rows, classes = chunk_size
+    return max(1, min(rows, tokens)), min(classes, vocab)
+  if chunk_size is None:
+    classes = min(vocab, max(128, _BLOCK_BYTES // (4 * max(tokens, 1)) // 128 * 128))
+  else:
+    classes = min(chunk_size, vocab)
+  return max(1, min(tokens, _BLOCK_BYTES // (4 * classes))), classes
 
 
-def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
-  """(number of steps, width) pairs: the full chunks, then the remainder if any."""
-  full, rest = divmod(length, chunk)
-  return [(n, w) for n, w in ((full, chunk), (1, rest)) if n and w]
+def _walk(length: int, block: int, body: Callable, carry):
+  """``body(start, size, carry)`` over [0, length) in blocks: a loop over the full blocks, then the remainder."""
+  full, rest = divmod(length, block)
+  if full > 1:
+    carry = jax.lax.fori_loop(0, full, lambda i, c: body(i * block, block, c), carry)
+  elif full:
+    carry = body(0, block, carry)
+  return body(full * block, rest, carry) if rest else carry
+
+
+def _varying_like(x: jax.Array, *like: jax.Array) -> jax.Array:
+  """``x`` typed (inside ``shard_map``) as varying over every mesh axis any of ``like``
+  varies over: a loop's initial carry, as the carry will be after one step."""
+  axes = tuple(sorted(set().union(*(_varying_axes(y) for y in like)) - _varying_axes(x)))
+  return jax.lax.pcast(x, axes, to="varying") if axes else x
 
 
 def _full(shape, value, dtype, *like: jax.Array) -> jax.Array:
-  """A loop's initial carry, typed (inside ``shard_map``) as varying over every mesh
-  axis any of ``like`` varies over, as the carry will after one step."""
-  out = jnp.full(shape, value, dtype)
-  axes = set().union(*(_varying_axes(x) for x in like))
-  return jax.lax.pcast(out, tuple(sorted(axes)), to="varying") if axes else out
+  """A loop's initial carry filled with ``value`` (see ``_varying_like``)."""
+  return _varying_like(jnp.full(shape, value, dtype), *like)
 
 
 def _varying_axes(x: jax.Array) -> frozenset:
@@ -79,13 +106,6 @@ def _varying_axes(x: jax.Array) -> frozenset:
   return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
 
 
-def _cotangent_for(ct: jax.Array, primal: jax.Array) -> jax.Array:
-  """``ct`` summed over the mesh axes it varies over and ``primal`` does not: inside
-  ``shard_map`` an input shared by several devices gets the sum of their gradients."""
-  extra = tuple(sorted(_varying_axes(ct) - _varying_axes(primal)))
-  return jax.lax.psum(ct, extra) if extra else ct
-
-
 def _slice(x, start, size, axis):
   """``x[start:start + size]`` along ``axis`` inside a loop.
 
@@ -93,221 +113,187 @@ def _slice(x, start, size, axis):
   slices bf16 as float32, hoists that conversion of the whole loop-invariant
   array out of the loop: a float32 copy of the classifier.
   """
-  x, start = jax.lax.optimization_barrier((x, start))
+  x, start = jax.lax.optimization_barrier((x, jnp.asarray(start)))
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
+def _matmul(a, b, dtype, contract=(1, 0)):
+  """a·b over axis ``contract[0]`` of a and ``contract[1]`` of b, accumulated and returned in ``dtype``;
+  the operands keep their dtypes (a bf16·f32 product is computed in float32)."""
+  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=dtype)
+
+
 def _logits(h, w, opts):
-  """Chunk logits h @ w in float32 (or wider), soft-capped, and d(cap)/dz."""
-  z = jnp.matmul(h, w, preferred_element_type=_checks.compute_dtype(h.dtype, w.dtype))
+  """Block logits h @ w in float32 (or wider), soft-capped, and d(cap)/dz (None without a cap)."""
+  z = _matmul(h, w, _checks.compute_dtype(h.dtype, w.dtype))
   if opts.softcap is None:
     return z, None
   t = jnp.tanh(z / opts.softcap)
   return opts.softcap * t, 1 - jnp.square(t)
 
 
-def _counted(labels, keep, opts, dtype):
-  """How many tokens are kept and not ignored: the denominator of the mean."""
-  _, ignored = _checks.label_validity(labels, 0, opts.ignore_index)
-  return jnp.sum((keep & ~ignored).astype(dtype))
+def _shifted_labels(labels, start):
+  """Labels relative to a block whose first class is ``start`` (the shard's offset included)."""
+  return labels - jnp.asarray(start).astype(labels.dtype)
 
 
-def _label_logit(z, local, width):
-  """z[label] for the labels in this chunk (``local`` = label - chunk start), 0 for the others."""
-  here = (local >= 0) & (local < width)
-  picked = jnp.take_along_axis(z, jnp.clip(local, 0, width - 1)[:, None], axis=-1)[:, 0]
-  return jnp.where(here, picked, 0)
+def _logit_at_label(z, block_labels):
+  """z[n, label_n] for the tokens whose label falls in this block, 0 for the others."""
+  width = z.shape[-1]
+  inside = (block_labels >= 0) & (block_labels < width)
+  picked = jnp.take_along_axis(z, jnp.clip(block_labels, 0, width - 1)[:, None], axis=-1)[:, 0]
+  return jnp.where(inside, picked, 0)
 
 
-def _row_loss(m, log_s, label_logit, sum_z, vocab, opts):
-  """Per-token loss from the row statistics (see softmax_cross_entropy_with_integer_labels)."""
-  lse = m + log_s
-  loss = (1 - opts.label_smoothing) * (log_s - (label_logit - m))
-  if opts.label_smoothing:
-    loss = loss + opts.label_smoothing * (lse - sum_z / vocab)
-  if opts.z_loss:
-    loss = loss + opts.z_loss * jnp.square(lse)
-  return loss
+class _Stats(NamedTuple):
+  """Per-token online statistics: shift M, s = Σ exp(z - M), the label's logit, Σ z."""
+
+  m: jax.Array
+  s: jax.Array
+  label_logit: jax.Array
+  sum_z: jax.Array
 
 
-def _vocab_walk(h, w, labels, opts):
-  """Online (M, log s, z_label, Σz) per token over vocabulary chunks (Eq. 4.2.35)."""
-  n, vocab = h.shape[0], w.shape[1]
+def _merge(stats: _Stats, z, block_labels, opts) -> _Stats:
+  """The statistics updated with one block of logits (online LogSumExp, Eq. 4.2.35)."""
+  m = jnp.maximum(stats.m, jnp.max(z, axis=-1))
+  s = stats.s * jnp.exp(stats.m - m) + jnp.sum(jnp.exp(z - m[:, None]), axis=-1)
+  label_logit = stats.label_logit + _logit_at_label(z, block_labels)
+  sum_z = stats.sum_z + jnp.sum(z, axis=-1) if opts.ce.label_smoothing else stats.sum_z
+  return _Stats(m, s, label_logit, sum_z)
+
+
+def _combine(stats: _Stats, class_axis: ClassAxis) -> _Stats:
+  """The statistics over the whole vocabulary, from each shard's (with a split vocabulary)."""
+  if class_axis.axis_name is None:
+    return stats
+  m = class_axis.max(stats.m[:, None])[:, 0]
+  total = lambda x: class_axis.sum(x[:, None])[:, 0]
+  return _Stats(m, total(stats.s * jnp.exp(stats.m - m)), total(stats.label_logit), total(stats.sum_z))
+
+
+def _statistics(opts, h, w, labels) -> _Stats:
+  """Per-token statistics over the blocks of the vocabulary (and of the tokens)."""
+  n, local = h.shape[0], w.shape[1]
+  labels = _shifted_labels(labels, opts.class_axis.offset(local))
+
+  def chunk(col, width, stats):
+    def block(row, height, stats):
+      z, _ = _logits(_slice(h, row, height, 0), _slice(w, col, width, 1), opts)
+      rows = [jax.lax.dynamic_slice_in_dim(x, row, height) for x in (*stats, labels)]
+      new = _merge(_Stats(*rows[:4]), z, _shifted_labels(rows[4], col), opts)
+      return _Stats(*(jax.lax.dynamic_update_slice_in_dim(x, v, row, 0) for x, v in zip(stats, new)))
+
+    return _walk(n, opts.token_block, block, stats)
+
   dtype = _checks.compute_dtype(h.dtype, w.dtype)
-  carry = tuple(_full((n,), value, dtype, h, w, labels) for value in (-jnp.inf, 0, 0, 0))
-  labels = labels - opts.classes.offset(vocab)  # this shard's class numbering
-  start = 0
-  for steps, width in _chunks(vocab, opts.vocab_chunk):
-
-    def step(i, carry, start=start, width=width):
-      m, s, label_logit, sum_z = carry
-      offset = start + i * width
-      z, _ = _logits(h, _slice(w, offset, width, 1), opts)
-      m_new = jnp.maximum(m, jnp.max(z, axis=-1))
-      s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=-1)
-      label_logit = label_logit + _label_logit(z, labels - offset, width)
-      if opts.label_smoothing:
-        sum_z = sum_z + jnp.sum(z, axis=-1)
-      return m_new, s, label_logit, sum_z
-
-    carry = jax.lax.fori_loop(0, steps, step, carry)
-    start += steps * width
-  m, s, label_logit, sum_z = carry
-  if opts.classes.axis_name is not None:  # combine the shards' online statistics
-    m_all = opts.classes.max(m[:, None])[:, 0]
-    s = opts.classes.sum((s * jnp.exp(m - m_all))[:, None])[:, 0]
-    label_logit, sum_z = (opts.classes.sum(v[:, None])[:, 0] for v in (label_logit, sum_z))
-    m = m_all
-  return m, jnp.log(s), label_logit, sum_z
+  init = _Stats(*(_full((n,), value, dtype, h, w, labels) for value in (-jnp.inf, 0, 0, 0)))
+  return _combine(_walk(local, opts.vocab_chunk, chunk, init), opts.class_axis)
 
 
-def _finish(loss, labels, keep, opts, vocab):
-  valid, ignored = _checks.label_validity(labels, vocab, opts.ignore_index)
-  loss = _checks.nan_where(~valid, loss)
-  return jnp.where(keep & ~ignored, loss, 0)
+def _losses(opts, stats: _Stats, rows: _core.Rows, vocab) -> jax.Array:
+  """Per-token loss from the statistics (the mathematics is ``_core.loss``)."""
+  lse = stats.m + jnp.log(stats.s)
+  smooth = lse - stats.sum_z / vocab if opts.ce.label_smoothing else None
+  return _core.loss(rows, opts.ce, jnp.log(stats.s) - (stats.label_logit - stats.m), lse, smooth)
 
 
-def _reduce(per_token, labels, keep, opts):
-  if opts.reduction == "none":
-    return per_token
-  total = jnp.sum(per_token)
-  if opts.reduction == "sum":
-    return total
-  count = _counted(labels, keep, opts, total.dtype)
-  return jnp.where(count > 0, total / jnp.maximum(count, 1), 0)
-
-
-def _primal(opts, h, w, labels, keep):
-  vocab = opts.classes.size(w.shape[1])
-  m, log_s, label_logit, sum_z = _vocab_walk(h, w, labels, opts)
-  loss = _row_loss(m, log_s, label_logit, sum_z, vocab, opts)
-  return _reduce(_finish(loss, labels, keep, opts, vocab), labels, keep, opts)
-
-
-def _row_scale(upstream, labels, keep, opts, vocab):
-  """The per-token factor of G: the upstream gradient, 0 for skipped tokens, NaN for bad labels."""
-  valid, ignored = _checks.label_validity(labels, vocab, opts.ignore_index)
-  return jnp.where(keep & ~ignored, _checks.nan_where(~valid, upstream), 0)
-
-
-def _chunk_grad(z, dcap, labels, offset, m, log_s, scale, opts, vocab):
-  """G = (p̂ (1 + 2ζ lse) - (1-ε) onehot - ε/V)·u for one chunk, in float32."""
+def _dlogits(z, dcap, block_labels, m, log_s, factors: _core.Factors, vocab):
+  """G = ∂L/∂z for one block, p̂·softmax - e_c·label - spread/V (times d(cap)/dz), in float32."""
   p_hat = jnp.exp((z - m[:, None]) - log_s[:, None])
-  total = scale if not opts.z_loss else scale * (1 + 2 * opts.z_loss * (m + log_s))
-  classes = jax.lax.broadcasted_iota(labels.dtype, z.shape, 1) + offset
-  g = p_hat * total[:, None] - jnp.where(classes == labels[:, None], (1 - opts.label_smoothing) * scale[:, None], 0)
-  if opts.label_smoothing:
-    g = g - (opts.label_smoothing / vocab) * scale[:, None]
+  classes = jax.lax.broadcasted_iota(block_labels.dtype, z.shape, 1)
+  g = p_hat * factors.softmax[:, None] - jnp.where(classes == block_labels[:, None], factors.label[:, None], 0)
+  if factors.spread is not None:  # Σ_allowed 1/V = 1: the spread is uniform
+    g = g - (factors.spread / vocab)[:, None]
   return g if dcap is None else g * dcap
 
 
-# Per-example kernel: vocabulary walk forward, recomputing backward.
+def _per_token_forward(opts, h, w, labels, keep):
+  vocab = opts.class_axis.size(w.shape[1])
+  stats = _statistics(opts, h, w, labels)
+  return _losses(opts, stats, _core.rows(labels, vocab, opts.ce, keep), vocab), (stats.m, jnp.log(stats.s))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _per_example(opts, h, w, labels, keep):
-  return _primal(opts, h, w, labels, keep)
+def _per_token_tangent(opts, h, w, labels, keep, stats, dh, dw, dlabels, dkeep):
+  """Σ_k G_k ż_k per token, ż = ḣ W + h Ẇ, over the blocks (linear in ḣ, Ẇ).
+
+  Each block's body is under ``jax.checkpoint``, so the transpose (reverse
+  mode) recomputes the block's logits instead of keeping them. ḣ enters in
+  float32, so its cotangent dX accumulates in float32; with several token
+  blocks a chunk of Ẇ enters in float32, so dW[:, chunk] accumulates in
+  float32 over them.
+  """
+  del dlabels, dkeep  # integer labels and boolean masks have no tangent
+  m, log_s = stats
+  n, local, dtype, class_axis = h.shape[0], w.shape[1], m.dtype, opts.class_axis
+  vocab = class_axis.size(local)
+  factors = _core.factors(_core.rows(labels, vocab, opts.ce, keep), opts.ce, m + log_s, 1.0)
+  labels = _shifted_labels(labels, class_axis.offset(local))
+  dh = None if dh is None else dh.astype(dtype)
+  # The Ẇ term's transpose is dW = hᵀ G with G in float32. hᵀ is stored once,
+  # in float32, so that this is a plain (D, N)·(N, chunk) product: XLA:CPU
+  # would otherwise convert or transpose h in every step of the loop.
+  h_t = None if dw is None else jax.lax.optimization_barrier(h.astype(dtype).T)
+
+  @functools.partial(jax.checkpoint, static_argnums=(1,))
+  def chunk(col, width, carry):
+    # Ẇ passes through the barrier with the loop's carry, as the classifier
+    # does in ``_slice``: no float32 copy of a bf16 Ẇ hoisted out of the loop.
+    dw, out = jax.lax.optimization_barrier(carry)
+    dw_chunk = None if dw is None else jax.lax.dynamic_slice_in_dim(dw, col, width, 1)
+    if dw_chunk is not None and opts.token_block < n:
+      dw_chunk = dw_chunk.astype(dtype)
+
+    @functools.partial(jax.checkpoint, static_argnums=(1,))
+    def block(row, height, out):
+      h_rows, w_cols = _slice(h, row, height, 0), _slice(w, col, width, 1)
+      z, dcap = _logits(h_rows, w_cols, opts)
+      rows = lambda x: jax.lax.dynamic_slice_in_dim(x, row, height)
+      f = _core.Factors(*(None if x is None else rows(x) for x in factors))
+      g = _dlogits(z, dcap, _shifted_labels(rows(labels), col), rows(m), rows(log_s), f, vocab)
+      dz = 0
+      if dh is not None:
+        dz = dz + _matmul(rows(dh), w_cols, dtype)
+      if dw_chunk is not None:
+        dz = dz + _matmul(jax.lax.dynamic_slice_in_dim(h_t, row, height, 1), dw_chunk, dtype, (0, 0))
+      return jax.lax.dynamic_update_slice_in_dim(out, rows(out) + jnp.sum(g * dz, axis=-1), row, 0)
+
+    return dw, _walk(n, opts.token_block, block, out)
+
+  tangents = [t for t in (dh, dw) if t is not None]
+  out = _full((n,), 0, dtype, h, w, labels, keep, *tangents)
+  _, out = _walk(local, opts.vocab_chunk, chunk, (None if dw is None else _varying_like(dw, out), out))
+  return class_axis.sum(out[:, None])[:, 0]
 
 
-def _per_example_fwd(opts, h, w, labels, keep):
-  vocab = opts.classes.size(w.shape[1])
-  m, log_s, label_logit, sum_z = _vocab_walk(h, w, labels, opts)
-  loss = _row_loss(m, log_s, label_logit, sum_z, vocab, opts)
-  return _finish(loss, labels, keep, opts, vocab), (h, w, labels, keep, m, log_s)
+# Per-token losses: _per_token(opts, h, w, labels, keep); NaN for a label outside
+# [0, V) that is not the ignore index, 0 for tokens ignored or not kept.
+_per_token = _fused_loss(_per_token_forward, _per_token_tangent)
 
 
-def _per_example_bwd(opts, res, upstream):
-  h, w, labels, keep, m, log_s = res
-  vocab, shard = opts.classes.size(w.shape[1]), opts.classes.offset(w.shape[1])
-  scale = _row_scale(upstream.astype(m.dtype), labels, keep, opts, vocab)
-  dx = _full(h.shape, 0, m.dtype, h, w, labels, upstream)
-  dw = _full(w.shape, 0, w.dtype, h, w, labels, upstream)
-  # hᵀ stored once in h's dtype, so dW = hᵀ G is a plain (D, N)·(N, chunk)
-  # product: XLA:CPU would otherwise upcast a transposed bf16 h to float32.
-  h_t = jax.lax.optimization_barrier(h.T)
-  start = 0
-  for steps, width in _chunks(w.shape[1], opts.vocab_chunk):
-
-    def step(i, carry, start=start, width=width):
-      dx, dw = carry
-      offset = start + i * width
-      w_chunk = _slice(w, offset, width, 1)
-      z, dcap = _logits(h, w_chunk, opts)
-      g = _chunk_grad(z, dcap, labels, shard + offset, m, log_s, scale, opts, vocab)
-      g_in = g.astype(h.dtype)
-      dx = dx + jnp.matmul(g_in, w_chunk.T, preferred_element_type=dx.dtype)
-      dw_chunk = jnp.matmul(h_t, g_in.astype(w.dtype), preferred_element_type=m.dtype).astype(w.dtype)
-      return dx, jax.lax.dynamic_update_slice_in_dim(dw, dw_chunk, offset, axis=1)
-
-    dx, dw = jax.lax.fori_loop(0, steps, step, (dx, dw))
-    start += steps * width
-  # h is shared by the vocabulary shards, W by the token shards (data parallelism).
-  return _cotangent_for(dx, h).astype(h.dtype), _cotangent_for(dw, w), None, None
+def _reduce(losses, rows: _core.Rows, reduction: str, batch_axes: tuple[str, ...]) -> jax.Array:
+  """The per-token losses summed, or averaged over the counted tokens, over every device of the batch axes."""
+  over_devices = lambda x: jax.lax.psum(x, batch_axes) if batch_axes else x
+  total = over_devices(jnp.sum(losses))
+  if reduction == "sum":
+    return total
+  count = over_devices(_core.count(rows, total.dtype))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), 0)
 
 
-_per_example.defvjp(_per_example_fwd, _per_example_bwd)
+def _chunk_size(value) -> int | tuple[int, int] | None:
+  """``chunk_size`` checked: None, a positive int or a pair of them."""
+  positive = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1
+  if value is None or positive(value) or (isinstance(value, tuple) and len(value) == 2 and all(map(positive, value))):
+    return value
+  raise ValueError(f"`chunk_size` must be a positive int, a pair of them (tokens, classes) or None, got {value!r}.")
 
 
-# Scalar kernel: token walk with the gradient formed in the forward.
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scalar(opts, h, w, labels, keep):
-  return _primal(opts, h, w, labels, keep)
-
-
-def _scalar_fwd(opts, h, w, labels, keep):
-  n, classes = h.shape[0], opts.classes
-  vocab, shard = classes.size(w.shape[1]), classes.offset(w.shape[1])
-  dtype = _checks.compute_dtype(h.dtype, w.dtype)
-  if opts.reduction == "mean":
-    count = _counted(labels, keep, opts, dtype)
-    per_token = jnp.where(count > 0, 1 / jnp.maximum(count, 1), 0)
-  else:
-    per_token = jnp.ones((), dtype)
-  # The loss and dX are combined over a split vocabulary (psum): they vary
-  # with the tokens only.
-  total = _full((), 0, dtype, h, labels, keep)
-  dx = _full(h.shape, 0, h.dtype, h, labels, keep)
-  dw = _full(w.shape, 0, dtype, h, w, labels, keep)
-  start = 0
-  for steps, rows in _chunks(n, opts.token_chunk):
-
-    def step(i, carry, start=start, rows=rows):
-      total, dx, dw = carry
-      offset = start + i * rows
-      h_c = _slice(h, offset, rows, 0)
-      y_c = jax.lax.dynamic_slice_in_dim(labels, offset, rows)
-      k_c = jax.lax.dynamic_slice_in_dim(keep, offset, rows)
-      z, dcap = _logits(h_c, w, opts)
-      m = classes.max(z)
-      log_s = jnp.log(classes.sum(jnp.exp(z - m)))[:, 0]
-      m = m[:, 0]
-      label_logit = classes.sum(_label_logit(z, y_c - shard, w.shape[1])[:, None])[:, 0]
-      sum_z = classes.sum(z)[:, 0] if opts.label_smoothing else None
-      loss = _finish(_row_loss(m, log_s, label_logit, sum_z, vocab, opts), y_c, k_c, opts, vocab)
-      scale = _row_scale(jnp.broadcast_to(per_token, (rows,)), y_c, k_c, opts, vocab)
-      g = _chunk_grad(z, dcap, y_c, shard, m, log_s, scale, opts, vocab).astype(h.dtype)
-      dx_c = jnp.matmul(g, w.T, preferred_element_type=dtype)
-      if classes.axis_name is not None:
-        dx_c = jax.lax.psum(dx_c, classes.axis_name)
-      dx_c = dx_c.astype(h.dtype)
-      dw = dw + jnp.matmul(h_c.T, g.astype(w.dtype), preferred_element_type=dtype)
-      return total + jnp.sum(loss), jax.lax.dynamic_update_slice_in_dim(dx, dx_c, offset, axis=0), dw
-
-    total, dx, dw = jax.lax.fori_loop(0, steps, step, (total, dx, dw))
-    start += steps * rows
-  value = total * per_token if opts.reduction == "mean" else total
-  return value, (h, w, dx, dw.astype(w.dtype))
-
-
-def _scalar_bwd(opts, res, upstream):
-  h, w, dx, dw = res
-  u = upstream.astype(_checks.compute_dtype(dx.dtype))
-  return _cotangent_for((dx * u).astype(dx.dtype), h), _cotangent_for((dw * u).astype(dw.dtype), w), None, None
-
-
-_scalar.defvjp(_scalar_fwd, _scalar_bwd)
+def _axis_names(value, name: str) -> tuple[str, ...]:
+  names = (value,) if isinstance(value, str) else tuple(value or ())
+  if not all(isinstance(a, str) for a in names):
+    raise TypeError(f"`{name}` must be a mesh axis name, a tuple of them or None, got {value!r}.")
+  return names
 
 
 def linear_cross_entropy(
@@ -320,9 +306,10 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    chunk_size: int | None = None,
+    chunk_size: int | tuple[int, int] | None = None,
     reduction: str = "none",
     axis_name: str | None = None,
+    batch_axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy of ``embeddings @ classifier`` that never holds the logits.
 
@@ -334,9 +321,10 @@ def linear_cross_entropy(
 
   Equal to ``softmax_cross_entropy_with_integer_labels(embeddings @ classifier,
   labels, ...)`` with the same options (seed Eq. 4.2.37–4.2.40), computed in
-  vocabulary (or token) chunks with an online LogSumExp (Eq. 4.2.35), so no
-  N×V array exists; see the module docstring for the two kernels. With
-  ``softcap`` c the logits are ``c·tanh(z/c)`` (Gemma 2).
+  blocks of at most about 16 MiB of float32 logits with an online LogSumExp
+  (Eq. 4.2.35), so no N×V array exists, in forward and reverse mode (see the
+  module docstring). With ``softcap`` c the logits are ``c·tanh(z/c)``
+  (Gemma 2).
 
   Args:
     embeddings: h, shape ``[..., D]`` (the last hidden states).
@@ -347,15 +335,21 @@ def linear_cross_entropy(
     label_smoothing: ε in [0, 1].
     z_loss: ζ ≥ 0, the weight of log²Z.
     softcap: c > 0 or None.
-    chunk_size: vocabulary chunk (per-example) or token chunk (scalar
-      reductions); by default chosen so one chunk of float32 logits is about
-      16 MiB.
+    chunk_size: classifier columns per block, or a pair (tokens, columns);
+      by default a block holds about 16 MiB of float32 logits.
     reduction: ``"none"`` (per-token losses, the default), ``"mean"`` (over
       tokens that are kept and not ignored) or ``"sum"``.
     axis_name: inside ``shard_map``, the mesh axis the vocabulary is split
       over: ``classifier`` is this device's ``[D, V/k]`` shard, the other
       arguments are replicated; the online statistics are combined with
       ``pmax``/``psum``, dW stays local and dX is summed over the shards.
+    batch_axis_name: inside ``shard_map``, the mesh axes the tokens are split
+      over (data parallelism), for ``reduction="mean" | "sum"``: the result is
+      the global sum, or the global mean Σ losses / Σ counts over every
+      device of those axes (not the mean of the devices' means, which is
+      biased when ``where`` or ``ignore_index`` leave them different counts),
+      the same on each; return it from the ``shard_map`` and differentiate
+      outside.
 
   Returns:
     float32 (for 16-bit inputs) per-token losses of shape ``[...]``, or a
@@ -394,23 +388,22 @@ def linear_cross_entropy(
     raise ValueError(f"`reduction` must be one of ('none', 'mean', 'sum'), got {reduction!r}.")
   if softcap is not None:
     softcap = _checks.static_number(softcap, "softcap", low=0.0, low_open=True)
-  if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-    raise ValueError(f"`chunk_size` must be a positive int or None, got {chunk_size!r}.")
+  batch_axes = _axis_names(batch_axis_name, "batch_axis_name")
+  if batch_axes and reduction == "none":
+    raise ValueError("`batch_axis_name` needs reduction='mean' or 'sum' (per-token losses stay on their device).")
   batch_shape = labels.shape
   keep = jnp.ones(batch_shape, bool) if where is None else _checks.broadcast_arg(jnp.asarray(where, bool), batch_shape, "where", "labels")
   h2, y2, k2 = h.reshape(-1, h.shape[-1]), labels.reshape(-1), keep.reshape(-1)
-  n, vocab = h2.shape[0], w.shape[1]
-  scalar = reduction != "none"
+  token_block, vocab_chunk = _block_shape(h2.shape[0], w.shape[1], _chunk_size(chunk_size))
   opts = _Options(
-      label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
-      z_loss=_checks.static_number(z_loss, "z_loss", low=0.0),
-      ignore_index=_checks.static_index(ignore_index, "ignore_index"),
+      ce=_core.options(label_smoothing, z_loss, ignore_index),
       softcap=softcap,
-      vocab_chunk=min(chunk_size, vocab) if chunk_size and not scalar else default_chunk_size(n, vocab),
-      token_chunk=min(chunk_size, n) if chunk_size and scalar else default_chunk_size(vocab, n),
-      reduction=reduction,
-      classes=Classes(axis_name),
+      token_block=token_block,
+      vocab_chunk=vocab_chunk,
+      class_axis=ClassAxis(axis_name),
   )
+  losses = _per_token(opts, h2, w, y2, k2)
   if reduction == "none":
-    return _per_example(opts, h2, w, y2, k2).reshape(batch_shape)
-  return _scalar(opts, h2, w, y2, k2)
+    return losses.reshape(batch_shape)
+  rows = _core.rows(y2, opts.class_axis.size(w.shape[1]), opts.ce, k2)
+  return _reduce(losses, rows, reduction, batch_axes)
