@@ -67,10 +67,11 @@ class ClosedFormTest(chex.TestCase):
       chex.assert_trees_all_close(got, closed_forms.softmax_cross_entropy_gradient(self.z, p), atol=1e-6, strict=True)
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_fused_gradient(self):
-    """Eq. 4.2.40 on the fused loss (reverse mode only: it is a custom_vjp)."""
+  @parameterized.parameters("jacfwd", "jacrev")
+  def test_fused_gradient(self, mode):
+    """Eq. 4.2.40 on the fused loss, forward and reverse mode."""
     for p in (self.p, 2.5 * self.p):
-      got = self.variant(jax.grad(xent_jax.softmax_cross_entropy))(self.z, p)
+      got = self.variant(AUTODIFF[mode](xent_jax.softmax_cross_entropy))(self.z, p)
       chex.assert_trees_all_close(got, closed_forms.softmax_cross_entropy_gradient(self.z, p), atol=1e-6, strict=True)
       np.testing.assert_allclose(got, ref.softmax(self.z) * p.sum() - p, atol=1e-6)
 
