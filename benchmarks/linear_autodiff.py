@@ -40,8 +40,8 @@ def _load(path: str):
 def _cases(module, labels, tag: str, forward: bool):
   loss = module.linear_cross_entropy
   cases = {
-      f"{tag} v&g per-token": jax.value_and_grad(lambda h, w: jnp.mean(loss(h, w, labels)), (0, 1)),
-      f"{tag} v&g mean": jax.value_and_grad(lambda h, w: loss(h, w, labels, reduction="mean"), (0, 1)),
+    f"{tag} v&g per-token": jax.value_and_grad(lambda h, w: jnp.mean(loss(h, w, labels)), (0, 1)),
+    f"{tag} v&g mean": jax.value_and_grad(lambda h, w: loss(h, w, labels, reduction="mean"), (0, 1)),
   }
   if forward:
     cases[f"{tag} jvp per-token"] = lambda h, w: jax.jvp(lambda h, w: jnp.mean(loss(h, w, labels)), (h, w), (h, w))
@@ -54,7 +54,7 @@ def _time(compiled: dict, args, rounds: int) -> dict[str, list[tuple[float, floa
   this process) does not count the time other processes hold the cores."""
   names, times = list(compiled), {name: [] for name in compiled}
   for r in range(rounds):
-    for name in names[r % len(names):] + names[: r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       best = (float("inf"), float("inf"))
       for _ in range(3):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -95,8 +95,8 @@ def main() -> None:
       for name, t in times.items():
         wall, cpu = ([x[i] * 1e3 for x in t] for i in (0, 1))
         print(
-            f"{n}×{d}×{v} {dtype:<8} {name:<22} wall {statistics.median(wall):8.1f} ms ({min(wall):.1f}–{max(wall):.1f})"
-            f"  CPU {statistics.median(cpu):8.1f} ms ({min(cpu):.1f}–{max(cpu):.1f})"
+          f"{n}×{d}×{v} {dtype:<8} {name:<22} wall {statistics.median(wall):8.1f} ms ({min(wall):.1f}–{max(wall):.1f})"
+          f"  CPU {statistics.median(cpu):8.1f} ms ({min(cpu):.1f}–{max(cpu):.1f})"
         )
 
 

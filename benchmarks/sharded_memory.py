@@ -66,10 +66,10 @@ def main() -> None:
     linear = jax.shard_map(linear_local, mesh=mesh, in_specs=(P(), P(None, "x"), P()), out_specs=P())
     linear_vg = jax.value_and_grad(lambda h, w, y: jnp.mean(linear(h, w, y)), (0, 1))
     naive_vg = jax.value_and_grad(
-        lambda h, w, y: jnp.mean(
-            optax.losses.softmax_cross_entropy_with_integer_labels(jnp.matmul(h, w, preferred_element_type=jnp.float32), y)
-        ),
-        (0, 1),
+      lambda h, w, y: jnp.mean(
+        optax.losses.softmax_cross_entropy_with_integer_labels(jnp.matmul(h, w, preferred_element_type=jnp.float32), y)
+      ),
+      (0, 1),
     )
     row = (_mib(fused, logits, labels), _mib(naive_vg, h, w, labels), _mib(linear_vg, h, w, labels))
     print(f"{k:>2} {row[0]:>22} {row[1]:>20} {row[2]:>17}")

@@ -26,12 +26,12 @@ copyright = "the xent_jax authors, Apache-2.0"
 release = version = xent_jax.__version__
 
 extensions = [
-    "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
-    "sphinx_autodoc_typehints",
-    "sphinx.ext.mathjax",
-    "myst_nb",
-    "xent_docs",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.napoleon",
+  "sphinx_autodoc_typehints",
+  "sphinx.ext.mathjax",
+  "myst_nb",
+  "xent_docs",
 ]
 
 exclude_patterns = ["_build", "notebooks/data"]
@@ -61,10 +61,10 @@ nb_merge_streams = True
 # NumPy and JAX cannot be fetched. References to their types therefore have no target; they are
 # listed here, and only they: a broken reference to anything of xent_jax still fails the build.
 nitpick_ignore_regex = [
-    ("py:class", r"(int|float|str|bool|tuple|list|dict|set|None|object|type)"),
-    ("py:class", r"(collections\.abc|typing)\.\w+"),
-    ("py:class", r"(jax|jnp|np|numpy|optax)(\.\w+)+"),
-    ("py:class", r"(ArrayLike|Axis|Callable|Sequence|Array|dtype|Generator)"),
-    ("py:class", r"jax\._src\..*"),
-    ("py:data", r"Ellipsis"),  # the "..." of tuple[int, ...]
+  ("py:class", r"(int|float|str|bool|tuple|list|dict|set|None|object|type)"),
+  ("py:class", r"(collections\.abc|typing)\.\w+"),
+  ("py:class", r"(jax|jnp|np|numpy|optax)(\.\w+)+"),
+  ("py:class", r"(ArrayLike|Axis|Callable|Sequence|Array|dtype|Generator)"),
+  ("py:class", r"jax\._src\..*"),
+  ("py:data", r"Ellipsis"),  # the "..." of tuple[int, ...]
 ]

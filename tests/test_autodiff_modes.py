@@ -52,63 +52,167 @@ Y_SUP = np.array([0, 0, 1, 1])
 LOGITS_AND_PROBABILITIES = lambda r: (r.normal(size=(3, 5)), _probabilities(r, 3, 5))
 
 CASES = [
-    ("softmax_ce", lambda z, p: _concat(
-        xent_jax.softmax_cross_entropy(z, p, where=WHERE_CLASS),
-        xent_jax.softmax_cross_entropy(z.reshape(3, 5, 1), p.reshape(3, 5, 1), axis=(2, 1)),
-        xent_jax.safe_softmax_cross_entropy(z, p)),
-     LOGITS_AND_PROBABILITIES, ("softmax_cross_entropy", "safe_softmax_cross_entropy")),
-    ("softmax_ce-where-row", lambda z, p: xent_jax.softmax_cross_entropy(z, p, where=WHERE_ROW), LOGITS_AND_PROBABILITIES, ()),
-    ("integer_ce", lambda z, w: _concat(
-        xent_jax.softmax_cross_entropy_with_integer_labels(z, Y3_IGNORED, class_weights=w, ignore_index=-100, label_smoothing=0.1, z_loss=1e-2),
-        xent_jax.softmax_cross_entropy_with_integer_labels(z, Y3, where=WHERE_CLASS, label_smoothing=0.2),
-        xent_jax.softmax_cross_entropy_with_integer_labels(z.reshape(3, 1, 5), Y3, axis=(-1, -2))),
-     lambda r: (r.normal(size=(3, 5)), r.uniform(0.5, 2, 5)), ("softmax_cross_entropy_with_integer_labels",)),
-    ("integer_ce-where-row", lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, Y3, where=WHERE_ROW), lambda r: (r.normal(size=(3, 5)),), ()),
-    ("cross_entropy", lambda z, w, p: _concat(
-        xent_jax.cross_entropy(z, Y3_IGNORED, weight=w, label_smoothing=0.1),
-        xent_jax.cross_entropy(z, p, reduction="sum", label_smoothing=0.1),
-        xent_jax.cross_entropy(z.reshape(3, 5, 1), Y3.reshape(3, 1), reduction="none", axis=1)),
-     lambda r: (r.normal(size=(3, 5)), r.uniform(0.5, 2, 5), _probabilities(r, 3, 5)), ("cross_entropy",)),
-    # V = 7 in chunks of 3: full chunks and a remainder
-    ("linear_ce", lambda h, w: _concat(
-        xent_jax.linear_cross_entropy(h, w, Y3 % 7, chunk_size=3),
-        xent_jax.linear_cross_entropy(h, w, Y3_IGNORED, ignore_index=-100, label_smoothing=0.1, z_loss=1e-2, softcap=3.0, chunk_size=3, reduction="mean"),
-        xent_jax.linear_cross_entropy(h, w, Y3 % 7, chunk_size=3, reduction="sum")),
-     lambda r: (r.normal(size=(3, 4)), r.normal(size=(4, 7))), ("linear_cross_entropy",)),
-    ("info_nce", lambda q, k, n, n_paired, t: _concat(
-        xent_jax.info_nce(q, k, n),
-        xent_jax.info_nce(q, k, n_paired, negative_mode="paired", in_batch_negatives=True),
-        xent_jax.info_nce(q, k, symmetric=True, temperature=t)),
-     lambda r: (r.normal(size=(3, 4)), r.normal(size=(3, 4)), r.normal(size=(2, 4)), r.normal(size=(3, 2, 4)), np.array(0.3)), ("info_nce",)),
-    ("contrastive", lambda e, t, q, k, scale, bias: _concat(
-        xent_jax.ntxent(e, Y_SUP, t),
-        xent_jax.supervised_contrastive(e, Y_SUP, temperature=t),
-        xent_jax.sigmoid_contrastive(q, k, logit_scale=scale, logit_bias=bias),
-        xent_jax.attention_weights(q, k[:2])),
-     lambda r: (r.normal(size=(4, 3)), np.array(0.5), r.normal(size=(3, 4)), r.normal(size=(3, 4)), np.array(2.0), np.array(-1.0)),
-     ("ntxent", "supervised_contrastive", "sigmoid_contrastive", "attention_weights")),
-    ("elementwise", lambda z, y, w, p_hat, lq, lp: _concat(
-        xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=w),
-        xent_jax.binary_cross_entropy(p_hat, y),
-        xent_jax.kl_divergence(lq, jnp.exp(lp), axis=(1, 0)),
-        xent_jax.kl_divergence_with_log_targets(lq, lp, where=WHERE_CLASS[:, :4]),
-        xent_jax.mse_on_probabilities(jnp.concatenate([z, z[:, :1]], -1), jnp.exp(jnp.concatenate([lp, lp[:, :1]], -1)) / 1.5, where=WHERE_CLASS)),
-     lambda r: (r.normal(size=(3, 4)), r.uniform(0.1, 0.9, (3, 4)), r.uniform(0.5, 2, 4), r.uniform(0.1, 0.9, (3, 4)),
-                np.log(_probabilities(r, 3, 4)), np.log(_probabilities(r, 3, 4))),
-     ("sigmoid_binary_cross_entropy", "binary_cross_entropy", "kl_divergence", "kl_divergence_with_log_targets", "mse_on_probabilities")),
-    ("jax.nn-and-bound", lambda z, loss: _concat(
-        xent_jax.softmax(z), xent_jax.log_softmax(z), xent_jax.logsumexp(z, axis=-1), xent_jax.mutual_information_lower_bound(loss, 8)),
-     lambda r: (r.normal(size=(2, 4)), np.array(0.7)), ("softmax", "log_softmax", "logsumexp", "mutual_information_lower_bound")),
-    ("info", lambda p, q: _concat(
-        info.self_information(p, base=2), info.entropy(p), info.cross_entropy(p, q, base=10), info.kl_divergence(p, q)),
-     lambda r: (_probabilities(r, 3, 4), _probabilities(r, 3, 4)), tuple(f"info.{n}" for n in info.__all__)),
-    ("closed_forms", lambda z, p: _concat(
-        closed_forms.sigmoid_derivative(z), closed_forms.softmax_jacobian(z),
-        closed_forms.softmax_cross_entropy_gradient(z, p), closed_forms.sigmoid_binary_cross_entropy_gradient(z, p),
-        closed_forms.binary_cross_entropy_gradient(p, p[::-1]), closed_forms.cross_entropy_probability_gradient(p, p[::-1]),
-        closed_forms.sigmoid_mse_gradient(z, p), closed_forms.mse_on_probabilities_gradient(z, p),
-        closed_forms.unfused_softmax_cross_entropy(z, p)),
-     lambda r: (r.normal(size=(2, 3)), _probabilities(r, 2, 3)), tuple(f"closed_forms.{n}" for n in closed_forms.__all__)),
+  (
+    "softmax_ce",
+    lambda z, p: _concat(
+      xent_jax.softmax_cross_entropy(z, p, where=WHERE_CLASS),
+      xent_jax.softmax_cross_entropy(z.reshape(3, 5, 1), p.reshape(3, 5, 1), axis=(2, 1)),
+      xent_jax.safe_softmax_cross_entropy(z, p),
+    ),
+    LOGITS_AND_PROBABILITIES,
+    ("softmax_cross_entropy", "safe_softmax_cross_entropy"),
+  ),
+  (
+    "softmax_ce-where-row",
+    lambda z, p: xent_jax.softmax_cross_entropy(z, p, where=WHERE_ROW),
+    LOGITS_AND_PROBABILITIES,
+    (),
+  ),
+  (
+    "integer_ce",
+    lambda z, w: _concat(
+      xent_jax.softmax_cross_entropy_with_integer_labels(
+        z, Y3_IGNORED, class_weights=w, ignore_index=-100, label_smoothing=0.1, z_loss=1e-2
+      ),
+      xent_jax.softmax_cross_entropy_with_integer_labels(z, Y3, where=WHERE_CLASS, label_smoothing=0.2),
+      xent_jax.softmax_cross_entropy_with_integer_labels(z.reshape(3, 1, 5), Y3, axis=(-1, -2)),
+    ),
+    lambda r: (r.normal(size=(3, 5)), r.uniform(0.5, 2, 5)),
+    ("softmax_cross_entropy_with_integer_labels",),
+  ),
+  (
+    "integer_ce-where-row",
+    lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, Y3, where=WHERE_ROW),
+    lambda r: (r.normal(size=(3, 5)),),
+    (),
+  ),
+  (
+    "cross_entropy",
+    lambda z, w, p: _concat(
+      xent_jax.cross_entropy(z, Y3_IGNORED, weight=w, label_smoothing=0.1),
+      xent_jax.cross_entropy(z, p, reduction="sum", label_smoothing=0.1),
+      xent_jax.cross_entropy(z.reshape(3, 5, 1), Y3.reshape(3, 1), reduction="none", axis=1),
+    ),
+    lambda r: (r.normal(size=(3, 5)), r.uniform(0.5, 2, 5), _probabilities(r, 3, 5)),
+    ("cross_entropy",),
+  ),
+  # V = 7 in chunks of 3: full chunks and a remainder
+  (
+    "linear_ce",
+    lambda h, w: _concat(
+      xent_jax.linear_cross_entropy(h, w, Y3 % 7, chunk_size=3),
+      xent_jax.linear_cross_entropy(
+        h,
+        w,
+        Y3_IGNORED,
+        ignore_index=-100,
+        label_smoothing=0.1,
+        z_loss=1e-2,
+        softcap=3.0,
+        chunk_size=3,
+        reduction="mean",
+      ),
+      xent_jax.linear_cross_entropy(h, w, Y3 % 7, chunk_size=3, reduction="sum"),
+    ),
+    lambda r: (r.normal(size=(3, 4)), r.normal(size=(4, 7))),
+    ("linear_cross_entropy",),
+  ),
+  (
+    "info_nce",
+    lambda q, k, n, n_paired, t: _concat(
+      xent_jax.info_nce(q, k, n),
+      xent_jax.info_nce(q, k, n_paired, negative_mode="paired", in_batch_negatives=True),
+      xent_jax.info_nce(q, k, symmetric=True, temperature=t),
+    ),
+    lambda r: (
+      r.normal(size=(3, 4)),
+      r.normal(size=(3, 4)),
+      r.normal(size=(2, 4)),
+      r.normal(size=(3, 2, 4)),
+      np.array(0.3),
+    ),
+    ("info_nce",),
+  ),
+  (
+    "contrastive",
+    lambda e, t, q, k, scale, bias: _concat(
+      xent_jax.ntxent(e, Y_SUP, t),
+      xent_jax.supervised_contrastive(e, Y_SUP, temperature=t),
+      xent_jax.sigmoid_contrastive(q, k, logit_scale=scale, logit_bias=bias),
+      xent_jax.attention_weights(q, k[:2]),
+    ),
+    lambda r: (
+      r.normal(size=(4, 3)),
+      np.array(0.5),
+      r.normal(size=(3, 4)),
+      r.normal(size=(3, 4)),
+      np.array(2.0),
+      np.array(-1.0),
+    ),
+    ("ntxent", "supervised_contrastive", "sigmoid_contrastive", "attention_weights"),
+  ),
+  (
+    "elementwise",
+    lambda z, y, w, p_hat, lq, lp: _concat(
+      xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=w),
+      xent_jax.binary_cross_entropy(p_hat, y),
+      xent_jax.kl_divergence(lq, jnp.exp(lp), axis=(1, 0)),
+      xent_jax.kl_divergence_with_log_targets(lq, lp, where=WHERE_CLASS[:, :4]),
+      xent_jax.mse_on_probabilities(
+        jnp.concatenate([z, z[:, :1]], -1), jnp.exp(jnp.concatenate([lp, lp[:, :1]], -1)) / 1.5, where=WHERE_CLASS
+      ),
+    ),
+    lambda r: (
+      r.normal(size=(3, 4)),
+      r.uniform(0.1, 0.9, (3, 4)),
+      r.uniform(0.5, 2, 4),
+      r.uniform(0.1, 0.9, (3, 4)),
+      np.log(_probabilities(r, 3, 4)),
+      np.log(_probabilities(r, 3, 4)),
+    ),
+    (
+      "sigmoid_binary_cross_entropy",
+      "binary_cross_entropy",
+      "kl_divergence",
+      "kl_divergence_with_log_targets",
+      "mse_on_probabilities",
+    ),
+  ),
+  (
+    "jax.nn-and-bound",
+    lambda z, loss: _concat(
+      xent_jax.softmax(z),
+      xent_jax.log_softmax(z),
+      xent_jax.logsumexp(z, axis=-1),
+      xent_jax.mutual_information_lower_bound(loss, 8),
+    ),
+    lambda r: (r.normal(size=(2, 4)), np.array(0.7)),
+    ("softmax", "log_softmax", "logsumexp", "mutual_information_lower_bound"),
+  ),
+  (
+    "info",
+    lambda p, q: _concat(
+      info.self_information(p, base=2), info.entropy(p), info.cross_entropy(p, q, base=10), info.kl_divergence(p, q)
+    ),
+    lambda r: (_probabilities(r, 3, 4), _probabilities(r, 3, 4)),
+    tuple(f"info.{n}" for n in info.__all__),
+  ),
+  (
+    "closed_forms",
+    lambda z, p: _concat(
+      closed_forms.sigmoid_derivative(z),
+      closed_forms.softmax_jacobian(z),
+      closed_forms.softmax_cross_entropy_gradient(z, p),
+      closed_forms.sigmoid_binary_cross_entropy_gradient(z, p),
+      closed_forms.binary_cross_entropy_gradient(p, p[::-1]),
+      closed_forms.cross_entropy_probability_gradient(p, p[::-1]),
+      closed_forms.sigmoid_mse_gradient(z, p),
+      closed_forms.mse_on_probabilities_gradient(z, p),
+      closed_forms.unfused_softmax_cross_entropy(z, p),
+    ),
+    lambda r: (r.normal(size=(2, 3)), _probabilities(r, 2, 3)),
+    tuple(f"closed_forms.{n}" for n in closed_forms.__all__),
+  ),
 ]
 IDS = [c[0] for c in CASES]
 # Compositions of the fused CE (checked to second order in every mode above) with smooth maps: the
@@ -149,11 +253,18 @@ def _checker(name):
     # one batched gradient serves the finite differences of the gradient and vmap: [x + εv, x - εv, x2]
     grads = jax.vmap(jax.grad(s))(jnp.concatenate([steps, x2[None]]))
     return dict(
-        jacfwd=jax.jacfwd(flat)(x), jacrev=jax.jacrev(flat)(x), linearize=f_lin(v),
-        fd=jnp.diff(jax.vmap(flat)(steps)[::-1], axis=0)[0] / (2 * EPS),
-        hessian=jax.hessian(s)(x), **({} if name in HESSIAN_ONLY else dict(rev_rev=jax.jacrev(jax.grad(s))(x), fwd_fwd=jax.jacfwd(jax.jacfwd(s))(x))),
-        fd2=(grads[0] - grads[1]) / (2 * EPS), jvp_of_grad=jax.jvp(jax.grad(s), (x,), (v,))[1],
-        vmap_grad=grads[2], vmap_jvp=jax.vmap(lambda x, v: jax.jvp(s, (x,), (v,))[1])(jnp.stack([x, x2]), jnp.stack([v, -v])),
+      jacfwd=jax.jacfwd(flat)(x),
+      jacrev=jax.jacrev(flat)(x),
+      linearize=f_lin(v),
+      fd=jnp.diff(jax.vmap(flat)(steps)[::-1], axis=0)[0] / (2 * EPS),
+      hessian=jax.hessian(s)(x),
+      **(
+        {} if name in HESSIAN_ONLY else dict(rev_rev=jax.jacrev(jax.grad(s))(x), fwd_fwd=jax.jacfwd(jax.jacfwd(s))(x))
+      ),
+      fd2=(grads[0] - grads[1]) / (2 * EPS),
+      jvp_of_grad=jax.jvp(jax.grad(s), (x,), (v,))[1],
+      vmap_grad=grads[2],
+      vmap_jvp=jax.vmap(lambda x, v: jax.jvp(s, (x,), (v,))[1])(jnp.stack([x, x2]), jnp.stack([v, -v])),
     )
 
   return jax.jit(check)
@@ -162,9 +273,11 @@ def _checker(name):
 # Fully masked rows: reverse-over-reverse gives NaN where the Hessian is 0 (xent_jax/_fused.py,
 # _core.py, not this file's to fix); strict, so a fix shows up as an unexpected pass.
 KNOWN = {
-    "softmax_ce-where-row": "fused soft-label CE: rev-over-rev Hessian NaN on a row fully masked by `where` (0)",
-    "integer_ce-where-row": "fused integer-label CE: rev-over-rev Hessian NaN on a row fully masked by `where` (0)",
+  "softmax_ce-where-row": "fused soft-label CE: rev-over-rev Hessian NaN on a row fully masked by `where` (0)",
+  "integer_ce-where-row": "fused integer-label CE: rev-over-rev Hessian NaN on a row fully masked by `where` (0)",
 }
+
+
 def _known(names, known):
   return [pytest.param(n, marks=[pytest.mark.xfail(reason=known[n], strict=True)] if n in known else []) for n in names]
 
@@ -182,7 +295,9 @@ def test_both_modes_to_second_order(name):
     out = _checker(name)(x, x2, u, v)
   out = {k: np.asarray(a) for k, a in out.items()}
   u, v = np.asarray(u), np.asarray(v)
-  close = lambda a, b, rtol, what: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * (1 + np.abs(b).max()), err_msg=what)
+  close = lambda a, b, rtol, what: np.testing.assert_allclose(
+    a, b, rtol=rtol, atol=rtol * (1 + np.abs(b).max()), err_msg=what
+  )
   close(out["jacfwd"], out["jacrev"], 1e-10, "jacfwd vs jacrev")
   close(out["jacfwd"] @ v, out["fd"], 1e-6, "Jacobian vs central differences")
   close(out["linearize"], out["jacfwd"] @ v, 1e-12, "linearize vs the Jacobian")
@@ -204,13 +319,19 @@ def _output_size(name):
 
 # jax.test_util.check_grads itself (it also differentiates the jvp in its tangent) on the fused losses' options.
 CHECK_GRADS = {
-    "integer_ce-options": (lambda z, w: xent_jax.softmax_cross_entropy_with_integer_labels(
-        z, Y3_IGNORED, class_weights=w, ignore_index=-100, label_smoothing=0.1, z_loss=1e-2, where=WHERE_CLASS),
-        lambda r: (r.normal(size=(3, 5)), r.uniform(0.5, 2, 5))),
-    "softmax_ce-where-class": (lambda z, p: xent_jax.softmax_cross_entropy(z, p, where=WHERE_CLASS), LOGITS_AND_PROBABILITIES),
+  "integer_ce-options": (
+    lambda z, w: xent_jax.softmax_cross_entropy_with_integer_labels(
+      z, Y3_IGNORED, class_weights=w, ignore_index=-100, label_smoothing=0.1, z_loss=1e-2, where=WHERE_CLASS
+    ),
+    lambda r: (r.normal(size=(3, 5)), r.uniform(0.5, 2, 5)),
+  ),
+  "softmax_ce-where-class": (
+    lambda z, p: xent_jax.softmax_cross_entropy(z, p, where=WHERE_CLASS),
+    LOGITS_AND_PROBABILITIES,
+  ),
 }
 KNOWN_CHECK_GRADS = {
-    "softmax_ce-where-class": "fused soft-label CE: jvp-of-jvp in the labels' tangent is NaN on rows with a masked class",
+  "softmax_ce-where-class": "fused soft-label CE: jvp-of-jvp in the labels' tangent is NaN on rows with a masked class",
 }
 
 
@@ -271,7 +392,10 @@ class SeedClosedFormsTest(parameterized.TestCase):
     p_hat = ref.softmax(Z[0])
     expected = np.diag(p_hat) - np.outer(p_hat, p_hat)
     with jax.enable_x64(True):
-      for loss, label in ((xent_jax.softmax_cross_entropy, P[0]), (xent_jax.softmax_cross_entropy_with_integer_labels, Y[0])):
+      for loss, label in (
+        (xent_jax.softmax_cross_entropy, P[0]),
+        (xent_jax.softmax_cross_entropy_with_integer_labels, Y[0]),
+      ):
         f = lambda z: loss(z, label)
         for hessian in (jax.jacfwd(jax.jacrev(f)), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(jax.jacfwd(f))):
           got = np.asarray(jax.jit(hessian)(Z[0]))

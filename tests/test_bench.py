@@ -12,8 +12,23 @@ from xent_jax import _bench
 
 def test_bench_cli_writes_rows_with_floors_and_spread(tmp_path, capsys):
   out = tmp_path / "bench.json"
-  argv = ["bench", "--suite", "fused", "--shapes", "8x16,2x64", "--dtypes", "float32", "--rounds", "1", "--repeat", "2",
-          "--only", "int v&g", "--json", str(out)]
+  argv = [
+    "bench",
+    "--suite",
+    "fused",
+    "--shapes",
+    "8x16,2x64",
+    "--dtypes",
+    "float32",
+    "--rounds",
+    "1",
+    "--repeat",
+    "2",
+    "--only",
+    "int v&g",
+    "--json",
+    str(out),
+  ]
   assert cli.main(argv) == 0
   rows = json.loads(out.read_text())
   assert {r["shape"] for r in rows} == {"8×16", "2×64"}
@@ -36,7 +51,7 @@ def test_memory_floor_is_one_read_and_one_write(dtype):
   z = jax.ShapeDtypeStruct((8, 64), dtype)
   compiled = jax.jit(_bench.CASES[_bench.MEMORY_FLOOR][0]).lower(z, jax.ShapeDtypeStruct((8,), jnp.int32)).compile()
   text = compiled.as_text()
-  entry = text[text.index("ENTRY"):]
+  entry = text[text.index("ENTRY") :]
   fusions = [line for line in entry.splitlines() if " fusion(" in line]
   hlo_type = {"float32": "f32", "bfloat16": "bf16"}[dtype]
   assert len(fusions) == 1 and fusions[0].split("=")[1].strip().startswith(f"{hlo_type}[8,64]")

@@ -1,6 +1,5 @@
 """The optax-compatible losses against float64 references, optax and the closed forms."""
 
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -129,7 +128,9 @@ class FusedLossTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_labels_out_of_range_give_nan(self):
     labels = np.array([7, -1, 0, 2])
-    loss, grad = self.variant(jax.value_and_grad(lambda z, l: xent_jax.softmax_cross_entropy_with_integer_labels(z, l)[0]))(self.logits, labels)
+    loss, grad = self.variant(
+      jax.value_and_grad(lambda z, l: xent_jax.softmax_cross_entropy_with_integer_labels(z, l)[0])
+    )(self.logits, labels)
     assert np.isnan(loss)
     assert np.isnan(grad[0]).all() and not np.isnan(grad[2:]).any()
     losses = self.variant(xent_jax.softmax_cross_entropy_with_integer_labels)(self.logits, labels)
@@ -174,7 +175,9 @@ class OptaxCompatibilityTest(parameterized.TestCase):
     theirs = optax.losses.softmax_cross_entropy(self.logits, onehot.astype(np.float32))
     chex.assert_trees_all_close(ours, theirs, rtol=1e-5, strict=True)
 
-  @parameterized.parameters(*[{"axis": a} for a in (-1, 2, (2, 3), (3, 2), (-1, -2), (1, 3), (3, 1), (-3, -1), (3, 0, 2))])
+  @parameterized.parameters(
+    *[{"axis": a} for a in (-1, 2, (2, 3), (3, 2), (-1, -2), (1, 3), (3, 1), (-3, -1), (3, 0, 2))]
+  )
   def test_integer_labels_axes(self, axis):
     axes = (axis,) if isinstance(axis, int) else axis
     axes = tuple(a % 4 for a in axes)
@@ -184,8 +187,12 @@ class OptaxCompatibilityTest(parameterized.TestCase):
     ours = xent_jax.softmax_cross_entropy_with_integer_labels(self.logits, labels, axis)
     theirs = optax.losses.softmax_cross_entropy_with_integer_labels(self.logits, labels, axis)
     chex.assert_trees_all_close(ours, theirs, rtol=1e-5, strict=True)
-    g_ours = jax.grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, axis)))(self.logits)
-    g_theirs = jax.grad(lambda z: jnp.sum(optax.losses.softmax_cross_entropy_with_integer_labels(z, labels, axis)))(self.logits)
+    g_ours = jax.grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, axis)))(
+      self.logits
+    )
+    g_theirs = jax.grad(lambda z: jnp.sum(optax.losses.softmax_cross_entropy_with_integer_labels(z, labels, axis)))(
+      self.logits
+    )
     chex.assert_trees_all_close(g_ours, g_theirs, atol=1e-6, strict=True)
 
   @parameterized.parameters("full", "batch")
@@ -195,8 +202,12 @@ class OptaxCompatibilityTest(parameterized.TestCase):
     labels = np.argmax(np.where(where_full, self.soft, -1), -1)
     p = np.where(where_full, self.soft, 0)
     for ours_fn, theirs_fn, y in [
-        (xent_jax.softmax_cross_entropy, optax.losses.softmax_cross_entropy, p),
-        (xent_jax.softmax_cross_entropy_with_integer_labels, optax.losses.softmax_cross_entropy_with_integer_labels, labels),
+      (xent_jax.softmax_cross_entropy, optax.losses.softmax_cross_entropy, p),
+      (
+        xent_jax.softmax_cross_entropy_with_integer_labels,
+        optax.losses.softmax_cross_entropy_with_integer_labels,
+        labels,
+      ),
     ]:
       ours = ours_fn(self.logits, y, where=where)
       theirs = theirs_fn(self.logits, y, where=where)
@@ -209,19 +220,19 @@ class OptaxCompatibilityTest(parameterized.TestCase):
     p = self.soft.copy()
     p[..., 0] = 0
     chex.assert_trees_all_close(
-        xent_jax.safe_softmax_cross_entropy(logits, p),
-        optax.losses.safe_softmax_cross_entropy(logits, p),
-        rtol=1e-5,
-        strict=True,
+      xent_jax.safe_softmax_cross_entropy(logits, p),
+      optax.losses.safe_softmax_cross_entropy(logits, p),
+      rtol=1e-5,
+      strict=True,
     )
 
   def test_sigmoid_binary_cross_entropy(self):
     y = (self.soft > 0.2).astype(np.float32)
     chex.assert_trees_all_close(
-        xent_jax.sigmoid_binary_cross_entropy(self.logits, y),
-        optax.losses.sigmoid_binary_cross_entropy(self.logits, y),
-        rtol=1e-5,
-        strict=True,
+      xent_jax.sigmoid_binary_cross_entropy(self.logits, y),
+      optax.losses.sigmoid_binary_cross_entropy(self.logits, y),
+      rtol=1e-5,
+      strict=True,
     )
 
   @parameterized.parameters(*[{"axis": a} for a in (-1, (2, 3))])
@@ -229,30 +240,30 @@ class OptaxCompatibilityTest(parameterized.TestCase):
     lq = jax.nn.log_softmax(self.logits, axis=-1)
     lp = jax.nn.log_softmax(2 * self.logits, axis=-1)
     chex.assert_trees_all_close(
-        xent_jax.kl_divergence(lq, jnp.exp(lp), axis),
-        optax.losses.kl_divergence(lq, jnp.exp(lp), axis),
-        rtol=1e-5,
-        atol=1e-6,
-        strict=True,
+      xent_jax.kl_divergence(lq, jnp.exp(lp), axis),
+      optax.losses.kl_divergence(lq, jnp.exp(lp), axis),
+      rtol=1e-5,
+      atol=1e-6,
+      strict=True,
     )
     chex.assert_trees_all_close(
-        xent_jax.kl_divergence_with_log_targets(lq, lp, axis, where=self.where),
-        optax.losses.kl_divergence_with_log_targets(lq, lp, axis, where=self.where),
-        rtol=1e-5,
-        atol=1e-6,
-        strict=True,
+      xent_jax.kl_divergence_with_log_targets(lq, lp, axis, where=self.where),
+      optax.losses.kl_divergence_with_log_targets(lq, lp, axis, where=self.where),
+      rtol=1e-5,
+      atol=1e-6,
+      strict=True,
     )
 
   def test_drop_in_signatures(self):
     import inspect
 
     for name in [
-        "softmax_cross_entropy",
-        "softmax_cross_entropy_with_integer_labels",
-        "safe_softmax_cross_entropy",
-        "sigmoid_binary_cross_entropy",
-        "kl_divergence",
-        "kl_divergence_with_log_targets",
+      "softmax_cross_entropy",
+      "softmax_cross_entropy_with_integer_labels",
+      "safe_softmax_cross_entropy",
+      "sigmoid_binary_cross_entropy",
+      "kl_divergence",
+      "kl_divergence_with_log_targets",
     ]:
       ours = list(inspect.signature(getattr(xent_jax, name)).parameters)
       theirs = list(inspect.signature(getattr(optax.losses, name)).parameters)
@@ -260,7 +271,6 @@ class OptaxCompatibilityTest(parameterized.TestCase):
 
 
 class SecondOrderTest(parameterized.TestCase):
-
   @parameterized.parameters(1, 2, 5)
   def test_hessian_is_softmax_jacobian(self, c):
     """Eq. 4.2.32: ∂²L/∂z² = diag(p̂) - p̂p̂ᵀ, through the custom_vjp's backward."""
@@ -303,7 +313,6 @@ class SecondOrderTest(parameterized.TestCase):
 
 
 class DtypeTest(parameterized.TestCase):
-
   @parameterized.parameters(jnp.bfloat16, jnp.float16, jnp.float32)
   def test_low_precision_in_float32_out(self, dtype):
     rng = np.random.default_rng(4)
@@ -332,12 +341,13 @@ class DtypeTest(parameterized.TestCase):
 
 
 class ElementwiseLossTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_sigmoid_bce_values_and_grad(self):
     z = np.array([-30.0, -2.0, 0.0, 0.5, 40.0], np.float32)
     y = np.array([0.0, 1.0, 0.3, 1.0, 1.0], np.float32)
-    loss, grad = self.variant(jax.value_and_grad(lambda z, y: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y))))(z, y)
+    loss, grad = self.variant(jax.value_and_grad(lambda z, y: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y))))(
+      z, y
+    )
     np.testing.assert_allclose(loss, ref.sigmoid_bce(z, y).sum(), rtol=1e-6)
     np.testing.assert_allclose(grad, closed_forms.sigmoid_binary_cross_entropy_gradient(z, y), atol=1e-7)
 
@@ -347,7 +357,9 @@ class ElementwiseLossTest(chex.TestCase):
     z = np.array([np.inf, -np.inf, np.inf], np.float32)
     y = np.array([1.0, 0.0, 0.0], np.float32)
     assert np.isnan(optax.losses.sigmoid_binary_cross_entropy(z[:2], y[:2])).all()
-    loss, grad = self.variant(jax.value_and_grad(lambda z, y: xent_jax.sigmoid_binary_cross_entropy(z, y)[:2].sum()))(z, y)
+    loss, grad = self.variant(jax.value_and_grad(lambda z, y: xent_jax.sigmoid_binary_cross_entropy(z, y)[:2].sum()))(
+      z, y
+    )
     np.testing.assert_array_equal(loss, 0.0)
     np.testing.assert_array_equal(grad, 0.0)
     self.assertEqual(float(self.variant(xent_jax.sigmoid_binary_cross_entropy)(z, y)[2]), np.inf)
@@ -367,7 +379,9 @@ class ElementwiseLossTest(chex.TestCase):
     """Eq. 4.2.11: BCE on σ(z) is CE over the logits (0, z)."""
     z = np.linspace(-5, 5, 7).astype(np.float32)
     y = np.linspace(0, 1, 7).astype(np.float32)
-    two_class = self.variant(xent_jax.softmax_cross_entropy)(np.stack([np.zeros_like(z), z], -1), np.stack([1 - y, y], -1))
+    two_class = self.variant(xent_jax.softmax_cross_entropy)(
+      np.stack([np.zeros_like(z), z], -1), np.stack([1 - y, y], -1)
+    )
     bce = self.variant(xent_jax.sigmoid_binary_cross_entropy)(z, y)
     chex.assert_trees_all_close(two_class, bce, atol=2e-6, strict=True)
 
@@ -401,7 +415,6 @@ class ElementwiseLossTest(chex.TestCase):
 
 
 class TraceAndBatchTest(parameterized.TestCase):
-
   def test_one_trace_per_shape(self):
     @jax.jit
     @chex.assert_max_traces(n=1)

@@ -19,7 +19,6 @@ def _diag_jacobian(jac, f, x):
 
 
 class ClosedFormTest(chex.TestCase):
-
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(20)
@@ -79,16 +78,22 @@ class ClosedFormTest(chex.TestCase):
   @parameterized.parameters("jacfwd", "jacrev")
   def test_sigmoid_bce_gradient(self, mode):
     """Eq. 4.2.22: ∂L/∂z = σ(z) - y."""
-    got = self.variant(lambda z, y: _diag_jacobian(AUTODIFF[mode], lambda z: xent_jax.sigmoid_binary_cross_entropy(z, y), z))(self.z, self.y)
+    got = self.variant(
+      lambda z, y: _diag_jacobian(AUTODIFF[mode], lambda z: xent_jax.sigmoid_binary_cross_entropy(z, y), z)
+    )(self.z, self.y)
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-self.z.astype(np.float64))) - self.y, atol=1e-6)
-    chex.assert_trees_all_close(got, closed_forms.sigmoid_binary_cross_entropy_gradient(self.z, self.y), atol=1e-6, strict=True)
+    chex.assert_trees_all_close(
+      got, closed_forms.sigmoid_binary_cross_entropy_gradient(self.z, self.y), atol=1e-6, strict=True
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters("jacfwd", "jacrev")
   def test_bce_probability_gradient(self, mode):
     """Eq. 4.2.19: ∂L/∂p̂ = -(y/p̂ - (1-y)/(1-p̂))."""
     p_hat = jax.nn.sigmoid(self.z)
-    got = self.variant(lambda q, y: _diag_jacobian(AUTODIFF[mode], lambda q: xent_jax.binary_cross_entropy(q, y), q))(p_hat, self.y)
+    got = self.variant(lambda q, y: _diag_jacobian(AUTODIFF[mode], lambda q: xent_jax.binary_cross_entropy(q, y), q))(
+      p_hat, self.y
+    )
     q64, y64 = np.asarray(p_hat, np.float64), self.y.astype(np.float64)
     np.testing.assert_allclose(got, -(y64 / q64 - (1 - y64) / (1 - q64)), rtol=2e-5)
     chex.assert_trees_all_close(got, closed_forms.binary_cross_entropy_gradient(p_hat, self.y), rtol=1e-5, strict=True)
@@ -105,7 +110,9 @@ class ClosedFormTest(chex.TestCase):
   @parameterized.parameters("jacfwd", "jacrev")
   def test_sigmoid_mse_gradient(self, mode):
     """Seed, after 4.2.22: ∂(σ(z)-y)²/∂z = 2(σ-y)σ(1-σ)."""
-    got = self.variant(lambda z, y: _diag_jacobian(AUTODIFF[mode], lambda z: (jax.nn.sigmoid(z) - y) ** 2, z))(self.z, self.y)
+    got = self.variant(lambda z, y: _diag_jacobian(AUTODIFF[mode], lambda z: (jax.nn.sigmoid(z) - y) ** 2, z))(
+      self.z, self.y
+    )
     s = 1 / (1 + np.exp(-self.z.astype(np.float64)))
     np.testing.assert_allclose(got, 2 * (s - self.y) * s * (1 - s), atol=1e-6)
     chex.assert_trees_all_close(got, closed_forms.sigmoid_mse_gradient(self.z, self.y), atol=1e-6, strict=True)

@@ -41,16 +41,15 @@ def _reference_logits(q, k, n, mode, in_batch, tau):
 
 
 MODES = [
-    dict(mode="in-batch", in_batch=False),
-    dict(mode="unpaired", in_batch=False),
-    dict(mode="paired", in_batch=False),
-    dict(mode="unpaired", in_batch=True),
-    dict(mode="paired", in_batch=True),
+  dict(mode="in-batch", in_batch=False),
+  dict(mode="unpaired", in_batch=False),
+  dict(mode="paired", in_batch=False),
+  dict(mode="unpaired", in_batch=True),
+  dict(mode="paired", in_batch=True),
 ]
 
 
 class InfoNCETest(chex.TestCase):
-
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(30)
@@ -79,8 +78,12 @@ class InfoNCETest(chex.TestCase):
     expected, expected_grads = jax.value_and_grad(theirs, argnums=(0, 1, 3))(self.q, self.k, n, tau)
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     chex.assert_trees_all_close(grads, expected_grads, atol=2e-5, strict=True)
-    logits, labels = _reference_logits(*(jnp.asarray(x, jnp.float32) if x is not None else None for x in (self.q, self.k, n)), mode, in_batch, 0.3)
-    np.testing.assert_allclose(value, np.mean(ref.integer_cross_entropy(np.asarray(logits, np.float64), np.asarray(labels))), rtol=1e-5)
+    logits, labels = _reference_logits(
+      *(jnp.asarray(x, jnp.float32) if x is not None else None for x in (self.q, self.k, n)), mode, in_batch, 0.3
+    )
+    np.testing.assert_allclose(
+      value, np.mean(ref.integer_cross_entropy(np.asarray(logits, np.float64), np.asarray(labels))), rtol=1e-5
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_symmetric_is_the_mean_of_both_directions(self):
@@ -120,8 +123,13 @@ class InfoNCETest(chex.TestCase):
     np.testing.assert_allclose(capped, free, rtol=1e-6)
     self.assertEqual(float(g_capped), 0.0)
     np.testing.assert_allclose(value_and_grad(np.float32(1e-4), None)[0], 100 * free, rtol=1e-2)  # L ≈ (s_max - s_+)/τ
-    np.testing.assert_allclose(value_and_grad(np.float32(0.5), 100.0)[1], value_and_grad(np.float32(0.5), None)[1], rtol=1e-6)
-    supcon = jax.jit(lambda t, cap: xent_jax.supervised_contrastive(self.q, np.arange(B) // 2, temperature=t, max_logit_scale=cap), static_argnums=1)
+    np.testing.assert_allclose(
+      value_and_grad(np.float32(0.5), 100.0)[1], value_and_grad(np.float32(0.5), None)[1], rtol=1e-6
+    )
+    supcon = jax.jit(
+      lambda t, cap: xent_jax.supervised_contrastive(self.q, np.arange(B) // 2, temperature=t, max_logit_scale=cap),
+      static_argnums=1,
+    )
     chex.assert_trees_all_close(supcon(np.float32(1e-4), 100.0), supcon(np.float32(0.01), None), rtol=1e-6)
     with self.assertRaisesRegex(ValueError, "`max_logit_scale`"):
       xent_jax.info_nce(self.q, self.k, max_logit_scale=0.0)
@@ -147,7 +155,9 @@ class InfoNCETest(chex.TestCase):
     loss, grads = jax.value_and_grad(lambda q, k: jnp.mean(xent_jax.info_nce(q, k)), argnums=(0, 1))(q, k)
     self.assertEqual(loss.dtype, jnp.float32)
     self.assertEqual(grads[0].dtype, dtype)
-    np.testing.assert_allclose(loss, jnp.mean(xent_jax.info_nce(np.asarray(q, np.float32), np.asarray(k, np.float32))), rtol=2e-2)
+    np.testing.assert_allclose(
+      loss, jnp.mean(xent_jax.info_nce(np.asarray(q, np.float32), np.asarray(k, np.float32))), rtol=2e-2
+    )
 
   def test_vmap_over_batches_of_batches(self):
     qs = np.stack([self.q, self.k])
@@ -162,7 +172,6 @@ class InfoNCETest(chex.TestCase):
 
 
 class RelativesTest(parameterized.TestCase):
-
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(31)
@@ -185,7 +194,9 @@ class RelativesTest(parameterized.TestCase):
     self.assertTrue(np.isfinite(grad).all())
 
   def test_supervised_contrastive_reference(self):
-    loss, grad = jax.value_and_grad(lambda e: jnp.sum(xent_jax.supervised_contrastive(e, self.labels, temperature=0.5)))(self.e)
+    loss, grad = jax.value_and_grad(
+      lambda e: jnp.sum(xent_jax.supervised_contrastive(e, self.labels, temperature=0.5))
+    )(self.e)
     s = _unit(self.e.astype(np.float64)) @ _unit(self.e.astype(np.float64)).T / 0.5
     expected = []
     for i in range(B):
@@ -193,14 +204,16 @@ class RelativesTest(parameterized.TestCase):
       positives = [p for p in others if self.labels[p] == self.labels[i]]
       lse = np.log(np.sum(np.exp(s[i, others])))
       expected.append(np.mean([lse - s[i, p] for p in positives]) if positives else 0.0)
-    np.testing.assert_allclose(xent_jax.supervised_contrastive(self.e, self.labels, temperature=0.5), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+      xent_jax.supervised_contrastive(self.e, self.labels, temperature=0.5), expected, rtol=1e-5
+    )
     self.assertEqual(float(xent_jax.supervised_contrastive(self.e, self.labels)[5]), 0.0)  # no positive
     self.assertTrue(np.isfinite(grad).all())
 
   def test_sigmoid_contrastive_reference_and_learnable_parameters(self):
     q, k = self.e, np.roll(self.e, 1, axis=1)
     loss, grads = jax.value_and_grad(
-        lambda t, b: jnp.mean(xent_jax.sigmoid_contrastive(q, k, logit_scale=jnp.exp(t), logit_bias=b)), argnums=(0, 1)
+      lambda t, b: jnp.mean(xent_jax.sigmoid_contrastive(q, k, logit_scale=jnp.exp(t), logit_bias=b)), argnums=(0, 1)
     )(np.float32(np.log(10.0)), np.float32(-10.0))
     z = 10.0 * (_unit(q.astype(np.float64)) @ _unit(k.astype(np.float64)).T) - 10.0
     sign = 2 * np.eye(B) - 1
@@ -219,8 +232,12 @@ class RelativesTest(parameterized.TestCase):
         x = rng.normal(size=(n, d))
         y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=(n, d))
         # the optimal critic log p(y|x)/p(y), up to terms in x alone
-        critic = -((y[None, :, :] - rho * x[:, None, :]) ** 2).sum(-1) / (2 * (1 - rho**2)) + (y**2).sum(-1)[None, :] / 2
-        losses.append(xent_jax.softmax_cross_entropy_with_integer_labels(jnp.asarray(critic, jnp.float32), jnp.arange(n)))
+        critic = (
+          -((y[None, :, :] - rho * x[:, None, :]) ** 2).sum(-1) / (2 * (1 - rho**2)) + (y**2).sum(-1)[None, :] / 2
+        )
+        losses.append(
+          xent_jax.softmax_cross_entropy_with_integer_labels(jnp.asarray(critic, jnp.float32), jnp.arange(n))
+        )
       losses = np.concatenate(losses)
       bounds.append(float(xent_jax.mutual_information_lower_bound(losses.mean(), n)))
       slack.append(3 * losses.std() / np.sqrt(losses.size))  # the bound holds in expectation: 3 standard errors
@@ -244,14 +261,13 @@ def _ntxent_reference(e, labels, tau):
 
 
 TEMPERATURE_LOSSES = {
-    "info_nce": lambda e, t: jnp.sum(xent_jax.info_nce(e, jnp.roll(e, 1, axis=1), temperature=t)),
-    "supervised_contrastive": lambda e, t: jnp.sum(xent_jax.supervised_contrastive(e, jnp.arange(B) // 2, temperature=t)),
-    "ntxent": lambda e, t: xent_jax.ntxent(e, jnp.arange(B) // 2, t),
+  "info_nce": lambda e, t: jnp.sum(xent_jax.info_nce(e, jnp.roll(e, 1, axis=1), temperature=t)),
+  "supervised_contrastive": lambda e, t: jnp.sum(xent_jax.supervised_contrastive(e, jnp.arange(B) // 2, temperature=t)),
+  "ntxent": lambda e, t: xent_jax.ntxent(e, jnp.arange(B) // 2, t),
 }
 
 
 class TemperatureTest(parameterized.TestCase):
-
   def setUp(self):
     super().setUp()
     self.e = np.random.default_rng(34).normal(size=(B, D)).astype(np.float32)
@@ -289,19 +305,20 @@ class TemperatureTest(parameterized.TestCase):
 # optax's ntxent on a grid: group patterns, temperatures down to 0.005 (1/τ = 200), float labels,
 # and an embedding whose squared norm falls under optax's floor.
 NTXENT_GRID = [
-    dict(labels=labels, tau=tau, tiny_row=tiny_row)
-    for labels in ([0, 0, 1, 1, 1, 2], [0, 1, 0, 1, 0, 1], [3, 3, 3, 3, 0, 0])
-    for tau in (0.005, 0.07, 1.0)
-    for tiny_row in (False, True)
+  dict(labels=labels, tau=tau, tiny_row=tiny_row)
+  for labels in ([0, 0, 1, 1, 1, 2], [0, 1, 0, 1, 0, 1], [3, 3, 3, 3, 0, 0])
+  for tau in (0.005, 0.07, 1.0)
+  for tiny_row in (False, True)
 ]
 
 
 class NTXentOptaxTest(parameterized.TestCase):
-
   def test_signature_is_optax_s(self):
     ours = inspect.signature(xent_jax.ntxent).parameters
     theirs = inspect.signature(optax.losses.ntxent).parameters
-    self.assertEqual([(p.name, p.kind, p.default) for p in ours.values()], [(p.name, p.kind, p.default) for p in theirs.values()])
+    self.assertEqual(
+      [(p.name, p.kind, p.default) for p in ours.values()], [(p.name, p.kind, p.default) for p in theirs.values()]
+    )
 
   @parameterized.parameters(*NTXENT_GRID)
   def test_matches_optax(self, labels, tau, tiny_row):
@@ -334,10 +351,10 @@ class NTXentOptaxTest(parameterized.TestCase):
 
 
 RELATIVES = {
-    "ntxent": lambda e, y: xent_jax.ntxent(e, y),
-    "supervised_contrastive": lambda e, y: xent_jax.supervised_contrastive(e, y),
-    "sigmoid_contrastive": lambda e, y: xent_jax.sigmoid_contrastive(e, jnp.roll(e, 1, axis=1)),
-    "attention_weights": lambda e, y: xent_jax.attention_weights(e, jnp.roll(e, 1, axis=0)),
+  "ntxent": lambda e, y: xent_jax.ntxent(e, y),
+  "supervised_contrastive": lambda e, y: xent_jax.supervised_contrastive(e, y),
+  "sigmoid_contrastive": lambda e, y: xent_jax.sigmoid_contrastive(e, jnp.roll(e, 1, axis=1)),
+  "attention_weights": lambda e, y: xent_jax.attention_weights(e, jnp.roll(e, 1, axis=0)),
 }
 
 

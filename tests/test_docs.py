@@ -22,7 +22,9 @@ ROOT = pathlib.Path(__file__).parents[1]
 
 def test_docs_build_without_warnings(tmp_path):
   report = tmp_path / "derivations.json"
-  derivations = subprocess.Popen([sys.executable, "-m", "xent_jax", "--json", str(report)], stdout=subprocess.DEVNULL, cwd=ROOT)
+  derivations = subprocess.Popen(
+    [sys.executable, "-m", "xent_jax", "--json", str(report)], stdout=subprocess.DEVNULL, cwd=ROOT
+  )
   notebooks = tmp_path / "notebooks"
   notebooks.mkdir()
   for path, notebook in executed().items():
@@ -33,8 +35,25 @@ def test_docs_build_without_warnings(tmp_path):
   env = dict(os.environ, XENT_JAX_DERIVATIONS_JSON=str(report), XENT_JAX_EXECUTED_NOTEBOOKS=str(notebooks))
   html = tmp_path / "html"
   build = subprocess.run(
-      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "-d", str(tmp_path / "doctrees"), "docs", str(html)],
-      cwd=ROOT, env=env, capture_output=True, text=True,
+    [
+      sys.executable,
+      "-m",
+      "sphinx",
+      "-W",
+      "--keep-going",
+      "-n",
+      "-q",
+      "-b",
+      "html",
+      "-d",
+      str(tmp_path / "doctrees"),
+      "docs",
+      str(html),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
   )
   assert build.returncode == 0, build.stderr[-6000:]
 
@@ -47,7 +66,9 @@ def test_docs_build_without_warnings(tmp_path):
   for module in (xent_jax, xent_jax.info, xent_jax.closed_forms, xent_jax.derivations):
     page = (html / "api" / f"{module.__name__.removeprefix('xent_jax.')}.html").read_text()
     public = [n for n in module.__all__ if not isinstance(getattr(module, n), types.ModuleType)]
-    assert not [n for n in public if f'id="{module.__name__}.{n}"' not in page], f"undocumented names in {module.__name__}"
+    assert not [n for n in public if f'id="{module.__name__}.{n}"' not in page], (
+      f"undocumented names in {module.__name__}"
+    )
   assert "<img" in (html / "notebooks" / "07_language_model.html").read_text()
 
 
@@ -56,21 +77,21 @@ def test_equation_citations_become_links_outside_math_literals_and_doctests():
   import xent_docs
 
   lines = [
-      'Seed Eq. 4.2.23, 4.2.29–4.2.31 and "4.4"; ``4.2.5`` and :math:`4.2.6` stay; |b| is an absolute value.',
-      "",
-      ".. math::",
-      "",
-      "   L = 4.2.7",
-      "",
-      ">>> f(4.2.8)",
-      "4.2.9",
-      "",
-      "Eq. 4.2.10.",
+    'Seed Eq. 4.2.23, 4.2.29–4.2.31 and "4.4"; ``4.2.5`` and :math:`4.2.6` stay; |b| is an absolute value.',
+    "",
+    ".. math::",
+    "",
+    "   L = 4.2.7",
+    "",
+    ">>> f(4.2.8)",
+    "4.2.9",
+    "",
+    "Eq. 4.2.10.",
   ]
   xent_docs.link_equations(None, "function", "f", None, {}, lines)
   assert lines[0] == (
-      "Seed :ref:`Eq. 4.2.23 <eq-4.2.23>`, :ref:`4.2.29 <eq-4.2.29>`–:ref:`4.2.31 <eq-4.2.31>` and"
-      ' ":ref:`4.4 <eq-4.4>`"; ``4.2.5`` and :math:`4.2.6` stay; \\|b\\| is an absolute value.'
+    "Seed :ref:`Eq. 4.2.23 <eq-4.2.23>`, :ref:`4.2.29 <eq-4.2.29>`–:ref:`4.2.31 <eq-4.2.31>` and"
+    ' ":ref:`4.4 <eq-4.4>`"; ``4.2.5`` and :math:`4.2.6` stay; \\|b\\| is an absolute value.'
   )
   assert lines[2:9] == [".. math::", "", "   L = 4.2.7", "", ">>> f(4.2.8)", "4.2.9", ""]
   assert lines[9] == ":ref:`Eq. 4.2.10 <eq-4.2.10>`."

@@ -18,7 +18,6 @@ def _ln(base):
 
 
 class InfoTest(chex.TestCase):
-
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(10)
@@ -75,7 +74,12 @@ class InfoTest(chex.TestCase):
   def test_negative_probability_is_nan(self):
     p = np.array([[-0.1, 1.1], [0.5, 0.5]], np.float32)
     q = np.array([[0.5, 0.5], [0.5, 0.5]], np.float32)
-    for fn in (info.entropy, lambda p: info.cross_entropy(p, q), lambda p: info.kl_divergence(p, q), lambda p: info.cross_entropy(q, p)):
+    for fn in (
+      info.entropy,
+      lambda p: info.cross_entropy(p, q),
+      lambda p: info.kl_divergence(p, q),
+      lambda p: info.cross_entropy(q, p),
+    ):
       out = self.variant(fn)(p)
       np.testing.assert_array_equal(np.isnan(out), [True, False])
 

@@ -43,11 +43,12 @@ def _reference_grad(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _row_loss_and_grad(z: jax.Array, label: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return jax.value_and_grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z[None], label[None])))(z)
+  return jax.value_and_grad(
+    lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z[None], label[None]))
+  )(z)
 
 
 class LabelShiftBoundTest(chex.TestCase):
-
   def test_rows_straddle_the_bound(self):
     z, _ = _rows()
     log2_sum = np.log2(np.exp(z.astype(np.float64) - z[:, :1]).sum(axis=-1))

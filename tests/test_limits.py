@@ -45,6 +45,7 @@ def _sigmoid(x):
 
 # ---- closed forms: (value, partials) of one element / one row -------------------------------
 
+
 def sigmoid_bce(z, y, w):
   """L = w y softplus(-z) + (1-y) softplus(z) (Eq. 4.2.11, 4.2.22)."""
   value = _times(w * y, _sp(-z)) + _times(1 - y, _sp(z))
@@ -112,70 +113,80 @@ def info_kl_row(p, q):
 # ---- the cells: (family, id, arguments of the cell's row) ------------------------------------
 
 FAMILIES = {
-    # name: (loss on a batch of rows, closed form of one row, an ordinary row, per-row arguments are scalars?)
-    "sigmoid_bce": (lambda z, y, w: xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=w), sigmoid_bce, (0.5, 0.3, 1.5), True),
-    "bce": (xent_jax.binary_cross_entropy, bce_probabilities, (0.4, 0.3), True),
-    "kl": (xent_jax.kl_divergence, kl_row, ([np.log(0.5)] * 2, [0.25, 0.75]), False),
-    "kl_log_targets": (xent_jax.kl_divergence_with_log_targets, kl_log_targets_row, ([np.log(0.5)] * 2, list(np.log([0.25, 0.75]))), False),
-    "mse": (xent_jax.mse_on_probabilities, mse_row, ([0.0, 1.0, -1.0], [0.2, 0.5, 0.3]), False),
-    "self_information": (info.self_information, self_information_cell, (0.4,), True),
-    "entropy": (info.entropy, entropy_row, ([0.25, 0.75],), False),
-    "cross_entropy": (info.cross_entropy, cross_entropy_row, ([0.25, 0.75], [0.5, 0.5]), False),
-    "info_kl": (info.kl_divergence, info_kl_row, ([0.25, 0.75], [0.5, 0.5]), False),
+  # name: (loss on a batch of rows, closed form of one row, an ordinary row, per-row arguments are scalars?)
+  "sigmoid_bce": (
+    lambda z, y, w: xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=w),
+    sigmoid_bce,
+    (0.5, 0.3, 1.5),
+    True,
+  ),
+  "bce": (xent_jax.binary_cross_entropy, bce_probabilities, (0.4, 0.3), True),
+  "kl": (xent_jax.kl_divergence, kl_row, ([np.log(0.5)] * 2, [0.25, 0.75]), False),
+  "kl_log_targets": (
+    xent_jax.kl_divergence_with_log_targets,
+    kl_log_targets_row,
+    ([np.log(0.5)] * 2, list(np.log([0.25, 0.75]))),
+    False,
+  ),
+  "mse": (xent_jax.mse_on_probabilities, mse_row, ([0.0, 1.0, -1.0], [0.2, 0.5, 0.3]), False),
+  "self_information": (info.self_information, self_information_cell, (0.4,), True),
+  "entropy": (info.entropy, entropy_row, ([0.25, 0.75],), False),
+  "cross_entropy": (info.cross_entropy, cross_entropy_row, ([0.25, 0.75], [0.5, 0.5]), False),
+  "info_kl": (info.kl_divergence, info_kl_row, ([0.25, 0.75], [0.5, 0.5]), False),
 }
 
 L5, L25 = np.log(0.5), np.log(0.25)
 CELLS = [
-    # sigmoid BCE (z, y, w₊): the issue's cells and every ±inf / ±1e4 corner
-    ("sigmoid_bce", "z+inf-y1", (INF, 1.0, 1.0)),
-    ("sigmoid_bce", "z+inf-y0", (INF, 0.0, 1.0)),
-    ("sigmoid_bce", "z+inf-y0.3-w2", (INF, 0.3, 2.0)),
-    ("sigmoid_bce", "z-inf-y0", (-INF, 0.0, 1.0)),  # ∂L/∂w₊ = 0 (was NaN)
-    ("sigmoid_bce", "z-inf-y1", (-INF, 1.0, 1.0)),
-    ("sigmoid_bce", "z-inf-y0.3-w0", (-INF, 0.3, 0.0)),
-    ("sigmoid_bce", "z+1e4-y0", (1e4, 0.0, 1.0)),
-    ("sigmoid_bce", "z+1e4-y1", (1e4, 1.0, 1.0)),
-    ("sigmoid_bce", "z-1e4-y0", (-1e4, 0.0, 1.0)),
-    ("sigmoid_bce", "z-1e4-y1", (-1e4, 1.0, 1.0)),
-    ("sigmoid_bce", "z0.5-y0", (0.5, 0.0, 1.0)),  # ∂L/∂y at a hard label (was softplus(z) alone)
-    ("sigmoid_bce", "z0.5-y1", (0.5, 1.0, 1.0)),
-    # BCE on probabilities (p̂, y)
-    ("bce", "p0-y0", (0.0, 0.0)),
-    ("bce", "p0-y1", (0.0, 1.0)),
-    ("bce", "p0-y0.3", (0.0, 0.3)),
-    ("bce", "p1-y1", (1.0, 1.0)),
-    ("bce", "p1-y0", (1.0, 0.0)),
-    ("bce", "p0.3-y0", (0.3, 0.0)),  # ∂L/∂y at a hard label (was log(1 - p̂) alone)
-    ("bce", "p0.3-y1", (0.3, 1.0)),
-    # KL (log q, targets)
-    ("kl", "t0-logq-inf", ([-INF, L5], [0.0, 1.0])),
-    ("kl", "t>0-logq-inf", ([-INF, L5], [0.5, 0.5])),
-    ("kl", "t0-logq-finite", ([L5, L5], [0.0, 1.0])),  # ∂/∂t = -log q (was 0)
-    ("kl", "logq-1e4", ([-1e4, 0.0], [0.0, 1.0])),
-    ("kl", "logq-1e4-t>0", ([-1e4, 0.0], [0.5, 0.5])),
-    # KL with log targets (log q, log p)
-    ("kl_log_targets", "logp-inf", ([L5, L5], [-INF, 0.0])),
-    ("kl_log_targets", "logp-inf-logq-inf", ([-INF, 0.0], [-INF, 0.0])),  # ∂/∂log p undefined: 0, documented
-    ("kl_log_targets", "logq-inf", ([-INF, 0.0], [L5, L5])),
-    ("kl_log_targets", "logq-1e4", ([-1e4, 0.0], [L5, L5])),
-    ("kl_log_targets", "logp-1e4", ([L5, L5], [-1e4, 0.0])),
-    # MSE on probabilities (logits, targets)
-    ("mse", "one-z+inf", ([INF, 0.0, 0.0], [1.0, 0.0, 0.0])),
-    ("mse", "one-z+inf-wrong", ([INF, 0.0, 0.0], [0.0, 1.0, 0.0])),
-    ("mse", "two-z+inf", ([INF, INF, 0.0], [1.0, 0.0, 0.0])),
-    ("mse", "z-inf", ([-INF, 0.0, 0.0], [1.0, 0.0, 0.0])),
-    ("mse", "z+1e4", ([1e4, 0.0, 0.0], [0.0, 1.0, 0.0])),
-    ("mse", "z-1e4", ([-1e4, 0.0, 0.0], [0.0, 0.5, 0.5])),
-    # information measures
-    ("self_information", "p0", (0.0,)),
-    ("self_information", "p1", (1.0,)),
-    ("entropy", "p0", ([0.0, 1.0],)),
-    ("cross_entropy", "p0-q0", ([0.0, 1.0], [0.0, 1.0])),
-    ("cross_entropy", "q0", ([0.5, 0.5], [0.0, 1.0])),
-    ("cross_entropy", "p0", ([0.0, 1.0], [0.5, 0.5])),  # ∂/∂p = -log q (was 0)
-    ("info_kl", "p0-q0", ([0.0, 1.0], [0.0, 1.0])),
-    ("info_kl", "q0", ([0.5, 0.5], [0.0, 1.0])),
-    ("info_kl", "p0", ([0.0, 1.0], [0.5, 0.5])),
+  # sigmoid BCE (z, y, w₊): the issue's cells and every ±inf / ±1e4 corner
+  ("sigmoid_bce", "z+inf-y1", (INF, 1.0, 1.0)),
+  ("sigmoid_bce", "z+inf-y0", (INF, 0.0, 1.0)),
+  ("sigmoid_bce", "z+inf-y0.3-w2", (INF, 0.3, 2.0)),
+  ("sigmoid_bce", "z-inf-y0", (-INF, 0.0, 1.0)),  # ∂L/∂w₊ = 0 (was NaN)
+  ("sigmoid_bce", "z-inf-y1", (-INF, 1.0, 1.0)),
+  ("sigmoid_bce", "z-inf-y0.3-w0", (-INF, 0.3, 0.0)),
+  ("sigmoid_bce", "z+1e4-y0", (1e4, 0.0, 1.0)),
+  ("sigmoid_bce", "z+1e4-y1", (1e4, 1.0, 1.0)),
+  ("sigmoid_bce", "z-1e4-y0", (-1e4, 0.0, 1.0)),
+  ("sigmoid_bce", "z-1e4-y1", (-1e4, 1.0, 1.0)),
+  ("sigmoid_bce", "z0.5-y0", (0.5, 0.0, 1.0)),  # ∂L/∂y at a hard label (was softplus(z) alone)
+  ("sigmoid_bce", "z0.5-y1", (0.5, 1.0, 1.0)),
+  # BCE on probabilities (p̂, y)
+  ("bce", "p0-y0", (0.0, 0.0)),
+  ("bce", "p0-y1", (0.0, 1.0)),
+  ("bce", "p0-y0.3", (0.0, 0.3)),
+  ("bce", "p1-y1", (1.0, 1.0)),
+  ("bce", "p1-y0", (1.0, 0.0)),
+  ("bce", "p0.3-y0", (0.3, 0.0)),  # ∂L/∂y at a hard label (was log(1 - p̂) alone)
+  ("bce", "p0.3-y1", (0.3, 1.0)),
+  # KL (log q, targets)
+  ("kl", "t0-logq-inf", ([-INF, L5], [0.0, 1.0])),
+  ("kl", "t>0-logq-inf", ([-INF, L5], [0.5, 0.5])),
+  ("kl", "t0-logq-finite", ([L5, L5], [0.0, 1.0])),  # ∂/∂t = -log q (was 0)
+  ("kl", "logq-1e4", ([-1e4, 0.0], [0.0, 1.0])),
+  ("kl", "logq-1e4-t>0", ([-1e4, 0.0], [0.5, 0.5])),
+  # KL with log targets (log q, log p)
+  ("kl_log_targets", "logp-inf", ([L5, L5], [-INF, 0.0])),
+  ("kl_log_targets", "logp-inf-logq-inf", ([-INF, 0.0], [-INF, 0.0])),  # ∂/∂log p undefined: 0, documented
+  ("kl_log_targets", "logq-inf", ([-INF, 0.0], [L5, L5])),
+  ("kl_log_targets", "logq-1e4", ([-1e4, 0.0], [L5, L5])),
+  ("kl_log_targets", "logp-1e4", ([L5, L5], [-1e4, 0.0])),
+  # MSE on probabilities (logits, targets)
+  ("mse", "one-z+inf", ([INF, 0.0, 0.0], [1.0, 0.0, 0.0])),
+  ("mse", "one-z+inf-wrong", ([INF, 0.0, 0.0], [0.0, 1.0, 0.0])),
+  ("mse", "two-z+inf", ([INF, INF, 0.0], [1.0, 0.0, 0.0])),
+  ("mse", "z-inf", ([-INF, 0.0, 0.0], [1.0, 0.0, 0.0])),
+  ("mse", "z+1e4", ([1e4, 0.0, 0.0], [0.0, 1.0, 0.0])),
+  ("mse", "z-1e4", ([-1e4, 0.0, 0.0], [0.0, 0.5, 0.5])),
+  # information measures
+  ("self_information", "p0", (0.0,)),
+  ("self_information", "p1", (1.0,)),
+  ("entropy", "p0", ([0.0, 1.0],)),
+  ("cross_entropy", "p0-q0", ([0.0, 1.0], [0.0, 1.0])),
+  ("cross_entropy", "q0", ([0.5, 0.5], [0.0, 1.0])),
+  ("cross_entropy", "p0", ([0.0, 1.0], [0.5, 0.5])),  # ∂/∂p = -log q (was 0)
+  ("info_kl", "p0-q0", ([0.0, 1.0], [0.0, 1.0])),
+  ("info_kl", "q0", ([0.5, 0.5], [0.0, 1.0])),
+  ("info_kl", "p0", ([0.0, 1.0], [0.5, 0.5])),
 ]
 
 _compiled = {}
@@ -203,8 +214,12 @@ def test_value_and_gradient_are_the_limits(family, cell, args):
       jac = np.asarray(jac, np.float64)  # [row out, row in (, class)]
       np.testing.assert_allclose(jac[0, 0], d_cell, rtol=2e-6, atol=1e-6, err_msg=f"{mode}: the cell's partials")
       np.testing.assert_allclose(jac[1, 1], d_ordinary, rtol=2e-6, atol=1e-6, err_msg=f"{mode}: the ordinary row")
-      np.testing.assert_array_equal(jac[0, 1], np.zeros_like(jac[0, 1]), err_msg=f"{mode}: cross entries must be 0, not NaN")
-      np.testing.assert_array_equal(jac[1, 0], np.zeros_like(jac[1, 0]), err_msg=f"{mode}: cross entries must be 0, not NaN")
+      np.testing.assert_array_equal(
+        jac[0, 1], np.zeros_like(jac[0, 1]), err_msg=f"{mode}: cross entries must be 0, not NaN"
+      )
+      np.testing.assert_array_equal(
+        jac[1, 0], np.zeros_like(jac[1, 0]), err_msg=f"{mode}: cross entries must be 0, not NaN"
+      )
 
 
 def test_cells_cover_every_family():
@@ -221,10 +236,10 @@ def test_undefined_cells_are_documented():
 _SIGMOID_CELLS = [args for family, _, args in CELLS if family == "sigmoid_bce"]
 _A = (0, 1, 2)
 _COMPOSITIONS = {
-    "fwd-over-rev": lambda f: jax.jacfwd(jax.grad(f, _A), _A),
-    "rev-over-rev": lambda f: jax.jacrev(jax.grad(f, _A), _A),
-    "fwd-over-fwd": lambda f: jax.jacfwd(jax.jacfwd(f, _A), _A),
-    "rev-over-fwd": lambda f: jax.jacrev(jax.jacfwd(f, _A), _A),
+  "fwd-over-rev": lambda f: jax.jacfwd(jax.grad(f, _A), _A),
+  "rev-over-rev": lambda f: jax.jacrev(jax.grad(f, _A), _A),
+  "fwd-over-fwd": lambda f: jax.jacfwd(jax.jacfwd(f, _A), _A),
+  "rev-over-fwd": lambda f: jax.jacrev(jax.jacfwd(f, _A), _A),
 }
 
 
@@ -241,7 +256,9 @@ def test_sigmoid_bce_second_order_limits(mode):
 # ---- optax's semantics to the letter, against optax itself --------------------------------
 
 BCE_SHAPES = [((2, 3), (2, 3)), ((2, 3), (3,)), ((2, 1), (1, 3)), ((3,), (2, 3)), ((), (4,))]
-BCE_GRID = [dict(shapes=s, labels=("float32", "int32", "bool")[i % 3]) for i, s in enumerate(BCE_SHAPES + BCE_SHAPES[:1])]
+BCE_GRID = [
+  dict(shapes=s, labels=("float32", "int32", "bool")[i % 3]) for i, s in enumerate(BCE_SHAPES + BCE_SHAPES[:1])
+]
 KL_AXES = [-1, 1, (1, 2), (2, 1), (-1, -2), (0, 2), None]
 KL_GRID = [dict(axis=a, where=(None, "mask")[i % 2], broadcast=i % 3 == 0) for i, a in enumerate(KL_AXES + KL_AXES[:1])]
 
@@ -253,15 +270,20 @@ def _optax(fn, *args, **kwargs):
 
 
 class OptaxSemanticsTest(parameterized.TestCase):
-
   @parameterized.parameters(*BCE_GRID)
   def test_sigmoid_binary_cross_entropy(self, shapes, labels):
     rng = np.random.default_rng(40)
     z = (3 * rng.normal(size=shapes[0])).astype(np.float32)
-    y = (rng.random(shapes[1]) > 0.5).astype(labels) if labels != "float32" else rng.random(shapes[1]).astype(np.float32)
+    y = (
+      (rng.random(shapes[1]) > 0.5).astype(labels) if labels != "float32" else rng.random(shapes[1]).astype(np.float32)
+    )
     ours, g_ours = jax.jit(jax.value_and_grad(lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y))))(z)
-    theirs, g_theirs = _optax(jax.jit(jax.value_and_grad(lambda z: jnp.sum(optax.losses.sigmoid_binary_cross_entropy(z, y)))), z)
-    self.assertEqual(xent_jax.sigmoid_binary_cross_entropy(z, y).shape, _optax(optax.losses.sigmoid_binary_cross_entropy, z, y).shape)
+    theirs, g_theirs = _optax(
+      jax.jit(jax.value_and_grad(lambda z: jnp.sum(optax.losses.sigmoid_binary_cross_entropy(z, y)))), z
+    )
+    self.assertEqual(
+      xent_jax.sigmoid_binary_cross_entropy(z, y).shape, _optax(optax.losses.sigmoid_binary_cross_entropy, z, y).shape
+    )
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
     np.testing.assert_allclose(g_ours, g_theirs, rtol=1e-6, atol=1e-7)
 
@@ -282,8 +304,8 @@ class OptaxSemanticsTest(parameterized.TestCase):
     p = rng.dirichlet(np.ones(4), size=(3,) if broadcast else (2, 3)).astype(np.float32)
     mask = None if where is None else rng.random((2, 3, 4)) > 0.3
     for ours_fn, optax_fn, target in [
-        (xent_jax.kl_divergence, optax.losses.kl_divergence, p),
-        (xent_jax.kl_divergence_with_log_targets, optax.losses.kl_divergence_with_log_targets, np.log(p)),
+      (xent_jax.kl_divergence, optax.losses.kl_divergence, p),
+      (xent_jax.kl_divergence_with_log_targets, optax.losses.kl_divergence_with_log_targets, np.log(p)),
     ]:
       loss = lambda fn: lambda a, b: jnp.sum(fn(a, b, axis=axis, where=mask) ** 2)
       ours, g_ours = jax.jit(jax.value_and_grad(loss(ours_fn), argnums=(0, 1)))(lq, target)

@@ -27,11 +27,11 @@ Y_IGNORED = np.where(np.arange(N) % 5 == 2, -100, Y)
 U = RNG.uniform(0.5, 2.0, N).astype(np.float32)  # a non-uniform upstream gradient
 
 OPTIONS = {
-    "plain": {},
-    "smoothing": {"label_smoothing": 0.1},
-    "z_loss": {"z_loss": 1e-2},
-    "softcap": {"softcap": 4.0},
-    "all": {"ignore_index": -100, "label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0},
+  "plain": {},
+  "smoothing": {"label_smoothing": 0.1},
+  "z_loss": {"z_loss": 1e-2},
+  "softcap": {"softcap": 4.0},
+  "all": {"ignore_index": -100, "label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0},
 }
 
 
@@ -73,7 +73,9 @@ def test_per_example_values_and_gradients(name):
   _close(grads, want_grads)
 
 
-@pytest.mark.parametrize(("reduction", "name", "chunk"), [("mean", "plain", None), ("sum", "all", BLOCKS), ("mean", "all", CHUNK)])
+@pytest.mark.parametrize(
+  ("reduction", "name", "chunk"), [("mean", "plain", None), ("sum", "all", BLOCKS), ("mean", "all", CHUNK)]
+)
 def test_scalar_reductions(reduction, name, chunk):
   """Sum and mean (over the tokens counted) with a non-unit upstream gradient."""
   options, labels = OPTIONS[name], _labels(OPTIONS[name])
@@ -84,7 +86,9 @@ def test_scalar_reductions(reduction, name, chunk):
     return total / counted if reduction == "mean" else total
 
   fused = lambda h, w: xent_jax.linear_cross_entropy(h, w, labels, chunk_size=chunk, reduction=reduction, **options)
-  value_and_vjp = lambda f: jax.jit(lambda h, w: (lambda out, vjp: (out, vjp(jnp.float32(2.5))))(*jax.vjp(f, h, w)))(H, W)
+  value_and_vjp = lambda f: jax.jit(lambda h, w: (lambda out, vjp: (out, vjp(jnp.float32(2.5))))(*jax.vjp(f, h, w)))(
+    H, W
+  )
   (value, grads), (want, want_grads) = value_and_vjp(fused), value_and_vjp(naive)
   np.testing.assert_allclose(value, want, rtol=1e-5)
   _close(grads, want_grads)
@@ -167,7 +171,9 @@ def test_gradients_at_least_as_accurate_as_the_naive_composition(h_dtype, w_dtyp
   want = (g @ w64.T, h64.T @ g)
   error = lambda grads: [np.abs(np.asarray(x, np.float64) - y).max() / np.abs(y).max() for x, y in zip(grads, want)]
   wide = jnp.float32 if h_dtype != w_dtype else h.dtype
-  naive = lambda h, w: jnp.sum(U * xent_jax.softmax_cross_entropy_with_integer_labels(h.astype(wide) @ w.astype(wide), Y))
+  naive = lambda h, w: jnp.sum(
+    U * xent_jax.softmax_cross_entropy_with_integer_labels(h.astype(wide) @ w.astype(wide), Y)
+  )
   fused = lambda h, w: jnp.sum(U * xent_jax.linear_cross_entropy(h, w, Y, chunk_size=CHUNK))
   value, grads = jax.jit(jax.value_and_grad(fused, (0, 1)))(h, w)
   chex.assert_type([value, *grads], [jnp.float32, h.dtype, w.dtype])
@@ -204,7 +210,9 @@ def test_jit_traces_once_and_never_holds_the_logits():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def loss(h, w, y):
-    return jax.value_and_grad(lambda h, w: jnp.sum(xent_jax.linear_cross_entropy(h, w, y, chunk_size=512)), (0, 1))(h, w)
+    return jax.value_and_grad(lambda h, w: jnp.sum(xent_jax.linear_cross_entropy(h, w, y, chunk_size=512)), (0, 1))(
+      h, w
+    )
 
   h = jnp.ones((n, d), jnp.float32)
   w = jnp.ones((d, v), jnp.float32)
@@ -214,7 +222,11 @@ def test_jit_traces_once_and_never_holds_the_logits():
   per_token = lambda h, w: xent_jax.linear_cross_entropy(h, w, y, chunk_size=512)
   jvp = lambda h, w: jax.jvp(per_token, (h, w), (h, w))
   for fn in (loss, jax.jit(jvp)):
-    temp = fn.lower(h, w, y).compile().memory_analysis().temp_size_in_bytes if fn is loss else fn.lower(h, w).compile().memory_analysis().temp_size_in_bytes
+    temp = (
+      fn.lower(h, w, y).compile().memory_analysis().temp_size_in_bytes
+      if fn is loss
+      else fn.lower(h, w).compile().memory_analysis().temp_size_in_bytes
+    )
     assert temp < n * v * 4 / 2, temp  # less than half of one float32 N×V array
 
 

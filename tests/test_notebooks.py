@@ -23,7 +23,9 @@ def executed() -> dict[pathlib.Path, nbformat.NotebookNode | Exception]:
   async def execute(path: pathlib.Path, slots: asyncio.Semaphore):
     notebook = nbformat.read(path, as_version=4)
     async with slots:
-      client = NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+      client = NotebookClient(
+        notebook, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+      )
       await client.async_execute()
     return notebook
 
@@ -41,7 +43,9 @@ def test_there_are_seven_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path):
   committed = nbformat.read(path, as_version=4)
-  assert all(not cell.get("outputs") for cell in committed.cells if cell.cell_type == "code"), "commit notebooks without outputs"
+  assert all(not cell.get("outputs") for cell in committed.cells if cell.cell_type == "code"), (
+    "commit notebooks without outputs"
+  )
   notebook = executed()[path]
   if isinstance(notebook, Exception):
     raise notebook

@@ -22,8 +22,8 @@ settings.register_profile("xent", max_examples=60, deadline=None, derandomize=Tr
 settings.load_profile("xent")
 
 extreme_floats = st.one_of(
-    st.floats(-1e4, 1e4, width=32),
-    st.sampled_from([0.0, SUBNORMAL, -SUBNORMAL, 1e4, -1e4, 88.7, -103.9]),
+  st.floats(-1e4, 1e4, width=32),
+  st.sampled_from([0.0, SUBNORMAL, -SUBNORMAL, 1e4, -1e4, 88.7, -103.9]),
 )
 logit_arrays = hnp.arrays(np.float32, (N, C), elements=extreme_floats)
 inf_masks = hnp.arrays(np.bool_, (N, C), elements=st.booleans())
@@ -32,7 +32,9 @@ label_arrays = hnp.arrays(np.int32, (N,), elements=st.integers(0, C - 1))
 
 @jax.jit
 def int_value_and_grad(z, labels, where):
-  return jax.value_and_grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, where=where)))(z)
+  return jax.value_and_grad(
+    lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, where=where))
+  )(z)
 
 
 @jax.jit
@@ -98,8 +100,8 @@ sigmoid_bce_grad = jax.jit(jax.value_and_grad(lambda z, y: jnp.sum(xent_jax.sigm
 
 
 @given(
-    hnp.arrays(np.float32, (8,), elements=extreme_floats | st.sampled_from([np.inf, -np.inf])),
-    hnp.arrays(np.float32, (8,), elements=st.floats(0, 1, width=32)),
+  hnp.arrays(np.float32, (8,), elements=extreme_floats | st.sampled_from([np.inf, -np.inf])),
+  hnp.arrays(np.float32, (8,), elements=st.floats(0, 1, width=32)),
 )
 def test_sigmoid_bce_finite_whenever_the_labels_agree_with_infinities(z, y):
   y = np.where(z == np.inf, 1.0, np.where(z == -np.inf, 0.0, y)).astype(np.float32)
@@ -107,13 +109,13 @@ def test_sigmoid_bce_finite_whenever_the_labels_agree_with_infinities(z, y):
   assert np.isfinite(loss) and np.isfinite(grad).all()
   finite = np.isfinite(z)
   np.testing.assert_allclose(
-      xent_jax.sigmoid_binary_cross_entropy(z, y)[finite], ref.sigmoid_bce(z[finite], y[finite]), rtol=1e-5, atol=1e-5
+    xent_jax.sigmoid_binary_cross_entropy(z, y)[finite], ref.sigmoid_bce(z[finite], y[finite]), rtol=1e-5, atol=1e-5
   )
   np.testing.assert_allclose(grad, 1 / (1 + np.exp(-z.astype(np.float64))) - y, atol=1e-6)
 
 
 distributions = hnp.arrays(np.float32, (2, 4), elements=st.floats(0, 1e4, width=32) | st.just(SUBNORMAL)).filter(
-    lambda w: (w.sum(-1) > 0).all()
+  lambda w: (w.sum(-1) > 0).all()
 )
 
 

@@ -26,10 +26,10 @@ WEIGHT = np.array([0.5, 2.0, 1.0, 3.0], np.float32)
 UPSTREAM = RNG.uniform(0.5, 2.0, size=(N, D)).astype(np.float32)  # a non-uniform cotangent for "none"
 
 GRID = [
-    (target, weight, reduction, smoothing, extra)
-    for target, weight, reduction, smoothing, extra in itertools.product(
-        ("index", "index_ignored", "probs"), (False, True), ("none", "mean", "sum"), (0.0, 0.15), (False, True)
-    )
+  (target, weight, reduction, smoothing, extra)
+  for target, weight, reduction, smoothing, extra in itertools.product(
+    ("index", "index_ignored", "probs"), (False, True), ("none", "mean", "sum"), (0.0, 0.15), (False, True)
+  )
 ]
 
 
@@ -50,7 +50,9 @@ def _flat(z, t, axis):
   return zf, tf
 
 
-_cross_entropy = jax.jit(xent_jax.cross_entropy, static_argnames=("ignore_index", "reduction", "label_smoothing", "axis"))
+_cross_entropy = jax.jit(
+  xent_jax.cross_entropy, static_argnames=("ignore_index", "reduction", "label_smoothing", "axis")
+)
 
 
 @pytest.mark.parametrize("target, weight, reduction, smoothing, extra", GRID)
@@ -112,7 +114,9 @@ class IntegerOptionsTest(chex.TestCase):
     upstream = UPSTREAM[:, 0]
 
     def objective(z, w):
-      per = xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, class_weights=w, ignore_index=-1, label_smoothing=0.2)
+      per = xent_jax.softmax_cross_entropy_with_integer_labels(
+        z, labels, class_weights=w, ignore_index=-1, label_smoothing=0.2
+      )
       return jnp.sum(per * upstream), per
 
     (_, per), (gz, gw) = self.variant(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))(self.z, WEIGHT)
@@ -144,7 +148,9 @@ class IntegerOptionsTest(chex.TestCase):
     z = self.z.copy()
     z[:, 2] = -np.inf
     labels = np.array([0, 1, 3, 0, 1])
-    loss_fn = lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, where=where, label_smoothing=0.3))
+    loss_fn = lambda z: jnp.sum(
+      xent_jax.softmax_cross_entropy_with_integer_labels(z, labels, where=where, label_smoothing=0.3)
+    )
     value, grad = jax.value_and_grad(loss_fn)(z)
     q = 0.7 * np.eye(C)[labels] + 0.3 / 3 * where
     finite = np.where(where, z, 0.0)
@@ -155,7 +161,7 @@ class IntegerOptionsTest(chex.TestCase):
     """∂²L/∂z² = (Σq) (diag(p̂) - p̂p̂ᵀ) for the smoothed, weighted target q."""
     z, label = self.z[0], self.labels[0]
     h = jax.hessian(
-        lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, label, class_weights=WEIGHT, label_smoothing=0.1)
+      lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, label, class_weights=WEIGHT, label_smoothing=0.1)
     )(z)
     mass = 0.9 * WEIGHT[label] + 0.1 / C * WEIGHT.sum()
     p = ref.softmax(z)
@@ -172,7 +178,9 @@ def test_pos_weight_matches_pytorch(pos_weight):
   """binary_cross_entropy_with_logits: -[w₊ y log σ(z) + (1-y) log(1-σ(z))], w₊ per class."""
   z = LOGITS[..., 0]
   y = RNG.uniform(size=z.shape).astype(np.float32)
-  value, grad = jax.value_and_grad(lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=pos_weight)))(z)
+  value, grad = jax.value_and_grad(
+    lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=pos_weight))
+  )(z)
   z64, y64, w64 = z.astype(np.float64), y.astype(np.float64), np.asarray(pos_weight, np.float64)
   sig = 1 / (1 + np.exp(-z64))
   want = -(w64 * y64 * np.log(sig) + (1 - y64) * np.log1p(-sig))
@@ -182,7 +190,9 @@ def test_pos_weight_matches_pytorch(pos_weight):
 
 def test_pos_weight_zero_at_infinite_logit_is_finite():
   z, y = jnp.array([-jnp.inf, jnp.inf]), jnp.array([1.0, 1.0])
-  value, grad = jax.value_and_grad(lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=jnp.float32(0.0))))(z)
+  value, grad = jax.value_and_grad(
+    lambda z: jnp.sum(xent_jax.sigmoid_binary_cross_entropy(z, y, pos_weight=jnp.float32(0.0)))
+  )(z)
   assert value == 0.0
   np.testing.assert_array_equal(grad, 0.0)
 
@@ -192,5 +202,10 @@ def test_cross_entropy_under_vmap():
   for target in (INDEX_IGNORED, PROBS):
     fn = lambda z, t: xent_jax.cross_entropy(z, t, weight=WEIGHT, label_smoothing=0.1, axis=0)
     mapped = jax.vmap(fn)(LOGITS, target)
-    want = np.array([ref.torch_cross_entropy(*_flat(LOGITS[i : i + 1], target[i : i + 1], 1), WEIGHT, -100, "mean", 0.1)[0] for i in range(N)])
+    want = np.array(
+      [
+        ref.torch_cross_entropy(*_flat(LOGITS[i : i + 1], target[i : i + 1], 1), WEIGHT, -100, "mean", 0.1)[0]
+        for i in range(N)
+      ]
+    )
     np.testing.assert_allclose(mapped, want, rtol=2e-6, atol=1e-6)

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
   passed = sum(r.passed for r in flat)
   covered = d.covered_equations(checks)
   print(
-      f"\n{len(covered)} of 47 equations checked (4.2.1–4.2.47, plus the 4.4 InfoNCE rows), {len(checks)} checks × 2 dtypes:"
-      f" {passed} of {len(flat)} passed in {elapsed:.1f} s"
+    f"\n{len(covered)} of 47 equations checked (4.2.1–4.2.47, plus the 4.4 InfoNCE rows), {len(checks)} checks × 2 dtypes:"
+    f" {passed} of {len(flat)} passed in {elapsed:.1f} s"
   )
   if args.json:
     with open(args.json, "w") as f:

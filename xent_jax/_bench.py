@@ -84,18 +84,18 @@ def _value_and_grad(loss: Callable) -> Callable:
 
 # name -> (function of (logits, labels), label kind, baseline name)
 CASES: dict[str, tuple[Callable, str, str | None]] = {
-    MEMORY_FLOOR: (lambda z, y: z * 2 + 1, "int", None),
-    EXP_FLOOR: (lambda z, y: jnp.exp(z), "int", None),
-    "xent int value": (_total(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int value"),
-    "optax int value": (_total(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
-    "xent int v&g": (_value_and_grad(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int v&g"),
-    "optax int v&g": (_value_and_grad(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
-    "naive int v&g": (_value_and_grad(_naive_int), "int", "optax int v&g"),
-    "xent soft value": (_total(xent.softmax_cross_entropy), "soft", "optax soft value"),
-    "optax soft value": (_total(optax.losses.softmax_cross_entropy), "soft", None),
-    "xent soft v&g": (_value_and_grad(xent.softmax_cross_entropy), "soft", "optax soft v&g"),
-    "optax soft v&g": (_value_and_grad(optax.losses.softmax_cross_entropy), "soft", None),
-    "naive soft v&g": (_value_and_grad(_naive_soft), "soft", "optax soft v&g"),
+  MEMORY_FLOOR: (lambda z, y: z * 2 + 1, "int", None),
+  EXP_FLOOR: (lambda z, y: jnp.exp(z), "int", None),
+  "xent int value": (_total(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int value"),
+  "optax int value": (_total(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
+  "xent int v&g": (_value_and_grad(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int v&g"),
+  "optax int v&g": (_value_and_grad(optax.losses.softmax_cross_entropy_with_integer_labels), "int", None),
+  "naive int v&g": (_value_and_grad(_naive_int), "int", "optax int v&g"),
+  "xent soft value": (_total(xent.softmax_cross_entropy), "soft", "optax soft value"),
+  "optax soft value": (_total(optax.losses.softmax_cross_entropy), "soft", None),
+  "xent soft v&g": (_value_and_grad(xent.softmax_cross_entropy), "soft", "optax soft v&g"),
+  "optax soft v&g": (_value_and_grad(optax.losses.softmax_cross_entropy), "soft", None),
+  "naive soft v&g": (_value_and_grad(_naive_soft), "soft", "optax soft v&g"),
 }
 
 
@@ -123,7 +123,7 @@ def time_compiled(compiled: dict[str, tuple[Callable, tuple]], rounds: int) -> d
   names = list(compiled)
   times: dict[str, list[float]] = {name: [] for name in names}
   for r in range(rounds):
-    for name in names[r % len(names):] + names[: r % len(names)]:
+    for name in names[r % len(names) :] + names[: r % len(names)]:
       fn, args = compiled[name]
       best = float("inf")
       for _ in range(3):
@@ -141,8 +141,14 @@ def compile_with_memory(fn: Callable, *args) -> tuple[Callable, float]:
   return compiled, compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
-def _summarize(shape: str, dtype: str, z: jax.Array, bases: dict[str, str | None], temp: dict[str, float],
-               runs: list[dict[str, float]]) -> list[Row]:
+def _summarize(
+  shape: str,
+  dtype: str,
+  z: jax.Array,
+  bases: dict[str, str | None],
+  temp: dict[str, float],
+  runs: list[dict[str, float]],
+) -> list[Row]:
   """Rows from per-run times (seconds): medians over the runs, and the min–max of the baseline ratio."""
 
   def ratios(name: str, base: str) -> list[float]:
@@ -152,16 +158,30 @@ def _summarize(shape: str, dtype: str, z: jax.Array, bases: dict[str, str | None
   for name, base in bases.items():
     seconds = statistics.median(t[name] for t in runs)
     vs_base = ratios(name, base) if base in runs[0] else None
-    rows.append(Row(
-        shape, dtype, name, base, seconds * 1e3, seconds / z.size * 1e9,
-        statistics.median(ratios(name, MEMORY_FLOOR)), statistics.median(ratios(name, EXP_FLOOR)),
-        statistics.median(vs_base) if vs_base else None, min(vs_base) if vs_base else None,
-        max(vs_base) if vs_base else None, temp[name], len(runs),
-        2 * z.nbytes / seconds / 1e9 if name == MEMORY_FLOOR else None))
+    rows.append(
+      Row(
+        shape,
+        dtype,
+        name,
+        base,
+        seconds * 1e3,
+        seconds / z.size * 1e9,
+        statistics.median(ratios(name, MEMORY_FLOOR)),
+        statistics.median(ratios(name, EXP_FLOOR)),
+        statistics.median(vs_base) if vs_base else None,
+        min(vs_base) if vs_base else None,
+        max(vs_base) if vs_base else None,
+        temp[name],
+        len(runs),
+        2 * z.nbytes / seconds / 1e9 if name == MEMORY_FLOOR else None,
+      )
+    )
   return rows
 
 
-def run(shapes: list[tuple[int, int]], dtypes: list[str], rounds: int, only: str | None = None, repeat: int = 1) -> list[Row]:
+def run(
+  shapes: list[tuple[int, int]], dtypes: list[str], rounds: int, only: str | None = None, repeat: int = 1
+) -> list[Row]:
   """The fused-loss suite: every shape and dtype compiled once, then all of them timed, ``repeat`` times over."""
   chosen = {k: v for k, v in CASES.items() if only is None or only in k or k in (MEMORY_FLOOR, EXP_FLOOR)}
   setups = []
@@ -178,7 +198,11 @@ def run(shapes: list[tuple[int, int]], dtypes: list[str], rounds: int, only: str
     for setup, times in zip(setups, runs):
       times.append(time_compiled(setup[3], rounds))
   bases = {name: base for name, (_, _, base) in chosen.items()}
-  return [row for (shape, dtype, z, _, temp), times in zip(setups, runs) for row in _summarize(shape, dtype, z, bases, temp, times)]
+  return [
+    row
+    for (shape, dtype, z, _, temp), times in zip(setups, runs)
+    for row in _summarize(shape, dtype, z, bases, temp, times)
+  ]
 
 
 # Linear cross-entropy: (N, D, V, dtype, timed). The timed shape is run; the
@@ -188,16 +212,25 @@ LINEAR_SHAPES = ((2048, 512, 32768, "float32", True), (8192, 2048, 131072, "bflo
 
 def _linear_cases(labels):
   def naive(h, w):
-    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(jnp.matmul(h, w, preferred_element_type=jnp.float32), labels))
+    return jnp.mean(
+      optax.losses.softmax_cross_entropy_with_integer_labels(
+        jnp.matmul(h, w, preferred_element_type=jnp.float32), labels
+      )
+    )
 
   return {
-      "naive linear v&g": (naive, None),
-      "xent linear v&g": (lambda h, w: jnp.mean(_linear.linear_cross_entropy(h, w, labels)), "naive linear v&g"),
-      "xent linear mean v&g": (lambda h, w: _linear.linear_cross_entropy(h, w, labels, reduction="mean"), "naive linear v&g"),
+    "naive linear v&g": (naive, None),
+    "xent linear v&g": (lambda h, w: jnp.mean(_linear.linear_cross_entropy(h, w, labels)), "naive linear v&g"),
+    "xent linear mean v&g": (
+      lambda h, w: _linear.linear_cross_entropy(h, w, labels, reduction="mean"),
+      "naive linear v&g",
+    ),
   }
 
 
-def _plain_row(shape: str, dtype: str, name: str, base: str | None, ms: float, per: float, ratio: float | None, temp: float) -> Row:
+def _plain_row(
+  shape: str, dtype: str, name: str, base: str | None, ms: float, per: float, ratio: float | None, temp: float
+) -> Row:
   """A row of the linear and InfoNCE suites: one run, no floors."""
   return Row(shape, dtype, name, base, ms, ms * 1e6 / per, None, None, ratio, None, None, temp, 1)
 
@@ -241,8 +274,8 @@ def run_info_nce(rounds: int, batch: int = 4096, dim: int = 256) -> list[Row]:
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(qn @ kn.T / 0.1, jnp.arange(batch)))
 
   cases = {
-      "naive info_nce v&g": (naive, None),
-      "xent info_nce v&g": (lambda q, k: jnp.mean(_contrastive.info_nce(q, k, temperature=0.1)), "naive info_nce v&g"),
+    "naive info_nce v&g": (naive, None),
+    "xent info_nce v&g": (lambda q, k: jnp.mean(_contrastive.info_nce(q, k, temperature=0.1)), "naive info_nce v&g"),
   }
   compiled, temp = {}, {}
   for name, (fn, _) in cases.items():
@@ -250,8 +283,17 @@ def run_info_nce(rounds: int, batch: int = 4096, dim: int = 256) -> list[Row]:
     compiled[name] = (compiled[name], (q, k))
   med = time_compiled(compiled, rounds)
   return [
-      _plain_row(f"{batch}×{dim}", "float32", name, base, med[name] * 1e3, batch**2, med[name] / med[base] if base else None, temp[name])
-      for name, (_, base) in cases.items()
+    _plain_row(
+      f"{batch}×{dim}",
+      "float32",
+      name,
+      base,
+      med[name] * 1e3,
+      batch**2,
+      med[name] / med[base] if base else None,
+      temp[name],
+    )
+    for name, (_, base) in cases.items()
   ]
 
 
@@ -260,13 +302,19 @@ def _fmt(x: float | None, width: int) -> str:
 
 
 def _print(rows: list[Row]) -> None:
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); × mem / × exp: time over the memory / exp floor")
-  print(f"{'logits':>14} {'dtype':<9} {'function':<20} {'ms':>9} {'ns/logit':>9} {'× mem':>6} {'× exp':>6}"
-        f" {'× base':>7} {'min–max':>11} {'temp MiB':>9}  base")
+  print(
+    f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); × mem / × exp: time over the memory / exp floor"
+  )
+  print(
+    f"{'logits':>14} {'dtype':<9} {'function':<20} {'ms':>9} {'ns/logit':>9} {'× mem':>6} {'× exp':>6}"
+    f" {'× base':>7} {'min–max':>11} {'temp MiB':>9}  base"
+  )
   for r in rows:
     spread = f"{r.vs_baseline_min:.2f}–{r.vs_baseline_max:.2f}" if r.runs > 1 and r.vs_baseline_min is not None else ""
-    print(f"{r.shape:>14} {r.dtype:<9} {r.function:<20} {r.ms:9.3f} {r.ns_per_logit:9.3f} {_fmt(r.vs_memory_floor, 6)}"
-          f" {_fmt(r.vs_exp_floor, 6)} {_fmt(r.vs_baseline, 7)} {spread:>11} {r.temp_mib:9.1f}  {r.baseline or ''}")
+    print(
+      f"{r.shape:>14} {r.dtype:<9} {r.function:<20} {r.ms:9.3f} {r.ns_per_logit:9.3f} {_fmt(r.vs_memory_floor, 6)}"
+      f" {_fmt(r.vs_exp_floor, 6)} {_fmt(r.vs_baseline, 7)} {spread:>11} {r.temp_mib:9.1f}  {r.baseline or ''}"
+    )
   floors = [r for r in rows if r.gb_per_s is not None]
   if floors:
     print("measured bandwidth (memory floor: logits read once and written once, fresh output):")
@@ -275,12 +323,19 @@ def _print(rows: list[Row]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m xent_jax bench", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--shapes", default=",".join(f"{n}x{c}" for n, c in SHAPES),
-                      help="logits shapes ROWSxCLASSES, comma-separated (default: %(default)s)")
+  parser.add_argument(
+    "--shapes",
+    default=",".join(f"{n}x{c}" for n, c in SHAPES),
+    help="logits shapes ROWSxCLASSES, comma-separated (default: %(default)s)",
+  )
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--rounds", type=int, default=6)
-  parser.add_argument("--repeat", type=int, default=1, help="time the fused suite this many times; report medians and min–max")
-  parser.add_argument("--only", help="only the functions whose name contains this (e.g. 'int v&g'); the floors always run")
+  parser.add_argument(
+    "--repeat", type=int, default=1, help="time the fused suite this many times; report medians and min–max"
+  )
+  parser.add_argument(
+    "--only", help="only the functions whose name contains this (e.g. 'int v&g'); the floors always run"
+  )
   parser.add_argument("--suite", choices=("fused", "linear", "info_nce", "all"), default="all")
   parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
   args = parser.parse_args(argv)

@@ -31,8 +31,8 @@ def as_integer(x: jax.typing.ArrayLike, name: str) -> jax.Array:
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.integer):
     raise TypeError(
-        f"`{name}` must be an integer array of class indices, got dtype {x.dtype}"
-        " (use the soft-label loss for probabilities)."
+      f"`{name}` must be an integer array of class indices, got dtype {x.dtype}"
+      " (use the soft-label loss for probabilities)."
     )
   return x
 
@@ -86,10 +86,7 @@ def fits(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
 def check_broadcastable(shape: tuple[int, ...], target_shape: tuple[int, ...], name: str, target: str) -> None:
   """Raises a ValueError naming both arguments unless ``shape`` broadcasts to ``target_shape``."""
   if not fits(shape, target_shape):
-    raise ValueError(
-        f"`{name}` has shape {shape}, which does not broadcast to {target}'s"
-        f" shape {tuple(target_shape)}."
-    )
+    raise ValueError(f"`{name}` has shape {shape}, which does not broadcast to {target}'s shape {tuple(target_shape)}.")
 
 
 def broadcast_arg(x: jax.Array, shape: tuple[int, ...], name: str, target: str) -> jax.Array:

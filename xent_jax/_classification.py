@@ -48,12 +48,12 @@ def _logits_and_mask(logits: ArrayLike, axis: Axis, where: ArrayLike | None):
 
 
 def softmax_cross_entropy(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
-    *,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  axis: Axis = -1,
+  where: ArrayLike | None = None,
+  *,
+  axis_name: str | None = None,
 ) -> jax.Array:
   r"""Fused softmax cross-entropy with probability (soft or one-hot) labels.
 
@@ -114,16 +114,16 @@ def _class_axis(axis_name, axes: tuple[int, ...]) -> _core.ClassAxis:
 
 
 def softmax_cross_entropy_with_integer_labels(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
-    *,
-    class_weights: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  axis: Axis = -1,
+  where: ArrayLike | None = None,
+  *,
+  class_weights: ArrayLike | None = None,
+  ignore_index: int | None = None,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+  axis_name: str | None = None,
 ) -> jax.Array:
   r"""Fused softmax cross-entropy with integer class labels.
 
@@ -194,8 +194,7 @@ def softmax_cross_entropy_with_integer_labels(
   labels = _checks.as_integer(labels, "labels")
   if labels.shape != batch_shape:
     raise ValueError(
-        f"`labels` has shape {labels.shape}; expected the logits' shape without"
-        f" the class axes, {batch_shape}."
+      f"`labels` has shape {labels.shape}; expected the logits' shape without the class axes, {batch_shape}."
     )
   options = _fused.IntegerOptions(_core.options(label_smoothing, z_loss, ignore_index), class_axis)
   weights = None if class_weights is None else class_weight_vector(class_weights, x.shape[-1], "class_weights")
@@ -237,10 +236,10 @@ def safe_softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Arra
 
 
 def sigmoid_binary_cross_entropy(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    pos_weight: ArrayLike | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  pos_weight: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Elementwise binary cross-entropy of sigmoid logits.
 
@@ -296,11 +295,14 @@ def _sigmoid_bce_jvp(primals, tangents):
   z, y, w = primals
   dz, dy, dw = tangents
   out = _sigmoid_bce(z, y, w)
-  return out, _limits.tangent_sum(out, [
+  return out, _limits.tangent_sum(
+    out,
+    [
       (dz, lambda: ((1 - y) * jax.nn.sigmoid(z) - w * y * jax.nn.sigmoid(-z)) * dz),
       (dy, lambda: _limits.softplus_product(-z, w, dy) - _limits.softplus_product(z, jnp.ones_like(z), dy)),
       (dw, lambda: _limits.softplus_product(-z, y, dw)),
-  ])
+    ],
+  )
 
 
 _sigmoid_bce.defjvp(_sigmoid_bce_jvp, symbolic_zeros=True)
@@ -355,10 +357,10 @@ _bce_probabilities = _limits.elementwise(_bce_probabilities_value, _bce_probabil
 
 
 def mse_on_probabilities(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  axis: Axis = -1,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Squared error between target probabilities and the softmax, per example.
 
@@ -420,10 +422,10 @@ def _log_domain_pair(log_predictions: ArrayLike, other: ArrayLike, name: str):
 
 
 def kl_divergence(
-    log_predictions: ArrayLike,
-    targets: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
+  log_predictions: ArrayLike,
+  targets: ArrayLike,
+  axis: Axis = -1,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""KL divergence of predictions (in log space) from targets, as optax's.
 
@@ -458,10 +460,10 @@ def kl_divergence(
 
 
 def kl_divergence_with_log_targets(
-    log_predictions: ArrayLike,
-    log_targets: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
+  log_predictions: ArrayLike,
+  log_targets: ArrayLike,
+  axis: Axis = -1,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""KL divergence with both distributions in log space, as optax's.
 

@@ -16,7 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from xent_jax import _checks
-from xent_jax._classification import sigmoid_binary_cross_entropy, softmax_cross_entropy, softmax_cross_entropy_with_integer_labels
+from xent_jax._classification import (
+  sigmoid_binary_cross_entropy,
+  softmax_cross_entropy,
+  softmax_cross_entropy_with_integer_labels,
+)
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -74,17 +78,17 @@ def _logit_scale(temperature: ArrayLike, dtype: jnp.dtype, max_logit_scale: floa
 
 
 def info_nce(
-    query: ArrayLike,
-    positive_key: ArrayLike,
-    negative_keys: ArrayLike | None = None,
-    *,
-    temperature: ArrayLike = 0.1,
-    negative_mode: str = "unpaired",
-    in_batch_negatives: bool = False,
-    symmetric: bool = False,
-    normalize: bool = True,
-    max_logit_scale: float | None = None,
-    axis_name: str | None = None,
+  query: ArrayLike,
+  positive_key: ArrayLike,
+  negative_keys: ArrayLike | None = None,
+  *,
+  temperature: ArrayLike = 0.1,
+  negative_mode: str = "unpaired",
+  in_batch_negatives: bool = False,
+  symmetric: bool = False,
+  normalize: bool = True,
+  max_logit_scale: float | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array:
   r"""InfoNCE: softmax cross-entropy of each query against its positive key.
 
@@ -143,7 +147,9 @@ def info_nce(
     q, k = _normalize(q), _normalize(k)
   b = q.shape[0]
   if axis_name is not None and negative_keys is not None and not in_batch_negatives:
-    raise ValueError("`axis_name` shares in-batch negatives across devices: pass `negative_keys=None` or `in_batch_negatives=True`.")
+    raise ValueError(
+      "`axis_name` shares in-batch negatives across devices: pass `negative_keys=None` or `in_batch_negatives=True`."
+    )
   gather = (lambda x: x) if axis_name is None else (lambda x: jax.lax.all_gather(x, axis_name, tiled=True))
   labels = jnp.arange(b) + (0 if axis_name is None else jax.lax.axis_index(axis_name) * b)
   if negative_keys is None:
@@ -170,12 +176,12 @@ def info_nce(
 
 
 def supervised_contrastive(
-    embeddings: ArrayLike,
-    labels: ArrayLike,
-    *,
-    temperature: ArrayLike = 0.1,
-    normalize: bool = True,
-    max_logit_scale: float | None = None,
+  embeddings: ArrayLike,
+  labels: ArrayLike,
+  *,
+  temperature: ArrayLike = 0.1,
+  normalize: bool = True,
+  max_logit_scale: float | None = None,
 ) -> jax.Array:
   r"""Supervised contrastive loss (SupCon, "L_out"): every same-label anchor is a positive.
 
@@ -264,12 +270,12 @@ def ntxent(embeddings: ArrayLike, labels: ArrayLike, temperature: ArrayLike = 0.
 
 
 def sigmoid_contrastive(
-    query: ArrayLike,
-    key: ArrayLike,
-    *,
-    logit_scale: ArrayLike = 10.0,
-    logit_bias: ArrayLike = -10.0,
-    normalize: bool = True,
+  query: ArrayLike,
+  key: ArrayLike,
+  *,
+  logit_scale: ArrayLike = 10.0,
+  logit_bias: ArrayLike = -10.0,
+  normalize: bool = True,
 ) -> jax.Array:
   r"""SigLIP's pairwise sigmoid loss: every (query, key) pair is a binary problem.
 

@@ -66,9 +66,9 @@ class Options(NamedTuple):
 def options(label_smoothing=0.0, z_loss=0.0, ignore_index=None) -> Options:
   """The options, checked at trace time (each fault names its argument)."""
   return Options(
-      label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
-      z_loss=_checks.static_number(z_loss, "z_loss", low=0.0),
-      ignore_index=_checks.static_index(ignore_index, "ignore_index"),
+    label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
+    z_loss=_checks.static_number(z_loss, "z_loss", low=0.0),
+    ignore_index=_checks.static_index(ignore_index, "ignore_index"),
   )
 
 

@@ -170,7 +170,9 @@ def _(rng, dtype):
 def _(rng, dtype):
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   lam = jnp.asarray(rng.uniform(size=(N, 1)), dtype)
-  gap = _f64(info.entropy(lam * p + (1 - lam) * q)) - _f64(lam[:, 0] * info.entropy(p) + (1 - lam[:, 0]) * info.entropy(q))
+  gap = _f64(info.entropy(lam * p + (1 - lam) * q)) - _f64(
+    lam[:, 0] * info.entropy(p) + (1 - lam[:, 0]) * info.entropy(q)
+  )
   tol = ulps(dtype, 8 * C)
   strict = 0.0 if np.all(gap > tol) else math.inf  # P ≠ Q and 0 < λ < 1: strictly above the chord
   return max(violation(gap), strict), tol
@@ -210,7 +212,9 @@ def _(rng, dtype):
 def _(rng, dtype):
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   h_pq = info.cross_entropy(p, q)
-  return max(error(h_pq, -_np_xlogy(p, q).sum(-1)), error(h_pq, _f64(info.entropy(p)) + _f64(info.kl_divergence(p, q)))), ulps(dtype, 8 * C)
+  return max(
+    error(h_pq, -_np_xlogy(p, q).sum(-1)), error(h_pq, _f64(info.entropy(p)) + _f64(info.kl_divergence(p, q)))
+  ), ulps(dtype, 8 * C)
 
 
 @check("4.2.8–4.2.9", "argmin_θ KL(P‖Q_θ) = argmin_θ H(P,Q_θ): equal gradients in θ")
@@ -269,7 +273,9 @@ def _(rng, dtype):
   order = np.argsort(_f64(z), -1)
   sorted_s = np.take_along_axis(_f64(s), order, -1)
   shift = jax.nn.softmax(z + jnp.asarray(100.0, dtype))
-  err = max(error(jnp.sum(s, -1), 1.0), violation(np.diff(sorted_s, axis=-1)), error(shift, s) if dtype == jnp.float64 else 0.0)
+  err = max(
+    error(jnp.sum(s, -1), 1.0), violation(np.diff(sorted_s, axis=-1)), error(shift, s) if dtype == jnp.float64 else 0.0
+  )
   err = max(err, error(shift, np.exp(_np_log_softmax(z))) / (1 + 100.0))  # adding 100 rounds z by ulp(100)
   return err, ulps(dtype, 4 * C)
 
@@ -331,10 +337,10 @@ def _(rng, dtype):
   d_z = jax.grad(lambda z: jnp.sum(losses.sigmoid_binary_cross_entropy(z, y)))(z)
   d_z_fwd = jnp.diagonal(jax.jacfwd(lambda z: losses.sigmoid_binary_cross_entropy(z, y))(z))
   errs = [
-      error(d_p, cf.binary_cross_entropy_gradient(p_hat, y)),
-      error(d_sigmoid, cf.sigmoid_derivative(z)),
-      error(d_z, cf.sigmoid_binary_cross_entropy_gradient(z, y)),
-      error(d_z_fwd, cf.sigmoid_binary_cross_entropy_gradient(z, y)),
+    error(d_p, cf.binary_cross_entropy_gradient(p_hat, y)),
+    error(d_sigmoid, cf.sigmoid_derivative(z)),
+    error(d_z, cf.sigmoid_binary_cross_entropy_gradient(z, y)),
+    error(d_z_fwd, cf.sigmoid_binary_cross_entropy_gradient(z, y)),
   ]
   return max(errs), ulps(dtype, 16)
 
@@ -350,7 +356,10 @@ def _(rng, dtype):
 def _(rng, dtype):
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   autodiff = jax.grad(lambda q: jnp.sum(info.cross_entropy(p, q)))(q)
-  return max(error(info.cross_entropy(p, q), -_np_xlogy(p, q).sum(-1)), error(autodiff, cf.cross_entropy_probability_gradient(q, p))), ulps(dtype, 4 * C)
+  return max(
+    error(info.cross_entropy(p, q), -_np_xlogy(p, q).sum(-1)),
+    error(autodiff, cf.cross_entropy_probability_gradient(q, p)),
+  ), ulps(dtype, 4 * C)
 
 
 @check("4.2.26–4.2.28", "softmax Jacobian: p̂_k(1-p̂_k) on the diagonal, -p̂_i p̂_k off it (jacfwd, jacrev)")
@@ -358,18 +367,26 @@ def _(rng, dtype):
   z = _logits(rng, (C,), dtype)
   s = np.exp(_np_log_softmax(z))
   reference = np.diag(s) - np.outer(s, s)
-  return max(error(jax.jacfwd(jax.nn.softmax)(z), reference), error(jax.jacrev(jax.nn.softmax)(z), reference), error(cf.softmax_jacobian(z), reference)), ulps(dtype, 4 * C)
+  return max(
+    error(jax.jacfwd(jax.nn.softmax)(z), reference),
+    error(jax.jacrev(jax.nn.softmax)(z), reference),
+    error(cf.softmax_jacobian(z), reference),
+  ), ulps(dtype, 4 * C)
 
 
 @check(
-    "4.2.29–4.2.31",
-    "∂L/∂z = p̂·Σp - p: p̂ - p for one-hot and soft targets, fused loss in both modes vs closed form",
-    note="seed corrected: p̂ - p needs Σp = 1; for unnormalised targets the gradient is p̂·Σp - p",
+  "4.2.29–4.2.31",
+  "∂L/∂z = p̂·Σp - p: p̂ - p for one-hot and soft targets, fused loss in both modes vs closed form",
+  note="seed corrected: p̂ - p needs Σp = 1; for unnormalised targets the gradient is p̂·Σp - p",
 )
 def _(rng, dtype):
   z = _logits(rng, (N, C), dtype)
   errs = []
-  for p in (jax.nn.one_hot(rng.integers(0, C, N), C, dtype=dtype), _simplex(rng, (N, C), dtype), 3 * _simplex(rng, (N, C), dtype)):
+  for p in (
+    jax.nn.one_hot(rng.integers(0, C, N), C, dtype=dtype),
+    _simplex(rng, (N, C), dtype),
+    3 * _simplex(rng, (N, C), dtype),
+  ):
     fused_rev = jax.grad(lambda z: jnp.sum(losses.softmax_cross_entropy(z, p)))(z)
     fused_fwd = jax.jacfwd(lambda z: jnp.sum(losses.softmax_cross_entropy(z, p)))(z)
     chain = jax.jacfwd(lambda z: jnp.sum(cf.unfused_softmax_cross_entropy(z, p)))(z)
@@ -380,9 +397,9 @@ def _(rng, dtype):
 
 
 @check(
-    "4.2.32–4.2.33",
-    "J = diag(p̂) - p̂p̂ᵀ; rows and columns sum to 0; vᵀJv = Var_p̂(v) ≥ 0, so J is PSD",
-    note="seed corrected: the seed calls J negative semi-definite; vᵀJv = Var ≥ 0 makes it positive semi-definite",
+  "4.2.32–4.2.33",
+  "J = diag(p̂) - p̂p̂ᵀ; rows and columns sum to 0; vᵀJv = Var_p̂(v) ≥ 0, so J is PSD",
+  note="seed corrected: the seed calls J negative semi-definite; vᵀJv = Var ≥ 0 makes it positive semi-definite",
 )
 def _(rng, dtype):
   z, v = _logits(rng, (C,), dtype), _logits(rng, (N, C), dtype, 1.0)
@@ -391,7 +408,13 @@ def _(rng, dtype):
   quad = jnp.einsum("ni,ij,nj->n", v, jac, v)
   variance = (s * _f64(v) ** 2).sum(-1) - ((s * _f64(v)).sum(-1)) ** 2
   eig = np.linalg.eigvalsh(_f64(cf.softmax_jacobian(z)))
-  err = max(error(jac, np.diag(s) - np.outer(s, s)), error(jac.sum(0), 0.0), error(jac.sum(1), 0.0), error(quad, variance), violation(eig + ulps(dtype, 4 * C)))
+  err = max(
+    error(jac, np.diag(s) - np.outer(s, s)),
+    error(jac.sum(0), 0.0),
+    error(jac.sum(1), 0.0),
+    error(quad, variance),
+    violation(eig + ulps(dtype, 4 * C)),
+  )
   hessian = jax.hessian(losses.softmax_cross_entropy_with_integer_labels)(z, jnp.asarray(0))
   return max(err, error(hessian, np.diag(s) - np.outer(s, s))), ulps(dtype, 8 * C)
 
@@ -449,24 +472,31 @@ def _(rng, dtype):
 
 
 @check(
-    "4.2.37–4.2.38",
-    "fused L = logsumexp(z) - z_{c*} equals the float64 reference, also at |z| = 1e4",
-    note="seed corrected: the fused form still computes exp(z_i - M); it avoids exp(z_i) unshifted",
+  "4.2.37–4.2.38",
+  "fused L = logsumexp(z) - z_{c*} equals the float64 reference, also at |z| = 1e4",
+  note="seed corrected: the fused form still computes exp(z_i - M); it avoids exp(z_i) unshifted",
 )
 def _(rng, dtype):
   z, labels = _logits(rng, (N, C), dtype).at[0].multiply(3e3), rng.integers(0, C, N)
   reference = _np_nll(z, labels)
   scale = float(np.abs(_f64(z)).max())  # z_c - M is rounded at the scale of z
-  return error(losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels)), reference), ulps(dtype, 2 * C + scale)
+  return error(losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels)), reference), ulps(
+    dtype, 2 * C + scale
+  )
 
 
-@check("4.2.39–4.2.40", "fused gradient p̂ - 1{k=c*} (grad and jacfwd) equals the reference's; no N×C residual but the logits")
+@check(
+  "4.2.39–4.2.40", "fused gradient p̂ - 1{k=c*} (grad and jacfwd) equals the reference's; no N×C residual but the logits"
+)
 def _(rng, dtype):
   z, labels = _logits(rng, (N, C), dtype), jnp.asarray(rng.integers(0, C, N))
   fused = lambda z: losses.softmax_cross_entropy_with_integer_labels(z, labels)
   unfused = lambda z: cf.unfused_softmax_cross_entropy(z, jax.nn.one_hot(labels, C, dtype=dtype))
   reference = jax.grad(lambda z: jnp.sum(unfused(z)))(z)
-  grad_err = max(error(jax.grad(lambda z: jnp.sum(fused(z)))(z), reference), error(jax.jacfwd(lambda z: jnp.sum(fused(z)))(z), reference))
+  grad_err = max(
+    error(jax.grad(lambda z: jnp.sum(fused(z)))(z), reference),
+    error(jax.jacfwd(lambda z: jnp.sum(fused(z)))(z), reference),
+  )
   _, vjp = jax.vjp(fused, z)
   big = [leaf for leaf in jax.tree_util.tree_leaves(vjp) if leaf.size >= N * C]
   residuals = 0.0 if len(big) == 1 else math.inf  # only the logits themselves
@@ -542,7 +572,9 @@ def _(rng, dtype):
   scores = unit(q) @ unit(k).T / 0.2
   reference = _np_nll(scores, np.arange(N))
   via_ce = losses.softmax_cross_entropy_with_integer_labels(jnp.asarray(scores, dtype), jnp.arange(N))
-  return max(error(contrastive.info_nce(q, k, temperature=0.2), reference), error(via_ce, reference)), ulps(dtype, 8 * N)
+  return max(error(contrastive.info_nce(q, k, temperature=0.2), reference), error(via_ce, reference)), ulps(
+    dtype, 8 * N
+  )
 
 
 @check("4.4", "with τ = √d_k, InfoNCE = -log of the attention weight softmax(QKᵀ/√d_k) on the positive")
@@ -591,14 +623,14 @@ def covered_equations(checks: Sequence[Check] = REGISTRY) -> set[int]:
 
 
 def check_gradient(
-    loss_fn: Callable[..., jax.Array],
-    closed_form: Callable[..., jax.Array],
-    *args,
-    argnums: int = 0,
-    jacobian: bool = False,
-    equation: str = "user",
-    claim: str = "jax autodiff equals the closed form",
-    ulps_allowed: float = 64,
+  loss_fn: Callable[..., jax.Array],
+  closed_form: Callable[..., jax.Array],
+  *args,
+  argnums: int = 0,
+  jacobian: bool = False,
+  equation: str = "user",
+  claim: str = "jax autodiff equals the closed form",
+  ulps_allowed: float = 64,
 ) -> CheckResult:
   r"""Checks a user's loss against its claimed closed-form gradient or Jacobian.
 

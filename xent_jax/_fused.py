@@ -211,11 +211,11 @@ def _label_shifted(logits, dtype, mask, shift, matters, class_axis: ClassAxis):
   s = class_axis.sum(jnp.exp(y))
   safe = jnp.where(matters[..., None], (s >= 1) & (s <= _MAX_LABEL_SHIFTED_SUM), (s > 0) & (s < jnp.inf))
   return jax.lax.cond(
-      jnp.all(safe),
-      lambda logits, mask: (jnp.log(s), shift),
-      lambda logits, mask: _max_shifted(logits, dtype, mask, class_axis),
-      logits,
-      mask,
+    jnp.all(safe),
+    lambda logits, mask: (jnp.log(s), shift),
+    lambda logits, mask: _max_shifted(logits, dtype, mask, class_axis),
+    logits,
+    mask,
   )
 
 
@@ -269,7 +269,9 @@ def _int_tangent(options: IntegerOptions, logits, labels, weights, mask, stats, 
   out = jnp.zeros_like(m)
   if dlogits is not None:
     dz = dlogits.astype(dtype)
-    out = f.softmax * class_axis.sum(_softmax(logits, mask, m, log_s) * dz) - f.label * _pick_label(dz, r.label, class_axis)
+    out = f.softmax * class_axis.sum(_softmax(logits, mask, m, log_s) * dz) - f.label * _pick_label(
+      dz, r.label, class_axis
+    )
     if f.spread is not None:
       out = out - f.spread * class_axis.sum(r.spread * dz)
   if dweights is not None:
@@ -343,10 +345,13 @@ def _soft_forward(options: SoftOptions, logits, labels, mask):
   p = _targets(labels, mask, dtype)
   loss = class_axis.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
   loss = jax.lax.cond(
-      jnp.all(jnp.isfinite(loss)) & ~jnp.any(_infinite_row(m)),
-      lambda *_: loss,
-      lambda *args: class_axis.sum(_safe_loss(*args)[..., None])[..., 0],
-      x, m, log_s, p,
+    jnp.all(jnp.isfinite(loss)) & ~jnp.any(_infinite_row(m)),
+    lambda *_: loss,
+    lambda *args: class_axis.sum(_safe_loss(*args)[..., None])[..., 0],
+    x,
+    m,
+    log_s,
+    p,
   )
   loss = jnp.where(_rows_kept(mask, class_axis), loss, 0)
   return loss, (m, log_s, jnp.isnan(loss)[..., None])

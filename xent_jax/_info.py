@@ -83,11 +83,11 @@ def self_information(p: jax.typing.ArrayLike, *, base: float | None = None) -> j
 
 
 def entropy(
-    p: jax.typing.ArrayLike,
-    *,
-    axis: Axis = -1,
-    base: float | None = None,
-    where: jax.typing.ArrayLike | None = None,
+  p: jax.typing.ArrayLike,
+  *,
+  axis: Axis = -1,
+  base: float | None = None,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Shannon entropy of the distribution ``p`` along ``axis``.
 
@@ -117,12 +117,12 @@ def entropy(
 
 
 def cross_entropy(
-    p: jax.typing.ArrayLike,
-    q: jax.typing.ArrayLike,
-    *,
-    axis: Axis = -1,
-    base: float | None = None,
-    where: jax.typing.ArrayLike | None = None,
+  p: jax.typing.ArrayLike,
+  q: jax.typing.ArrayLike,
+  *,
+  axis: Axis = -1,
+  base: float | None = None,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Cross-entropy H(P, Q) of the model ``q`` under the target ``p``.
 
@@ -153,12 +153,12 @@ def cross_entropy(
 
 
 def kl_divergence(
-    p: jax.typing.ArrayLike,
-    q: jax.typing.ArrayLike,
-    *,
-    axis: Axis = -1,
-    base: float | None = None,
-    where: jax.typing.ArrayLike | None = None,
+  p: jax.typing.ArrayLike,
+  q: jax.typing.ArrayLike,
+  *,
+  axis: Axis = -1,
+  base: float | None = None,
+  where: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
   r"""Kullback-Leibler divergence D_KL(P ‖ Q) between probability vectors.
 

@@ -98,17 +98,22 @@ def _softplus_product_jvp(primals, tangents):
   x, u, t = primals
   dx, du, dt = tangents
   out = softplus_product(x, u, t)
-  return out, tangent_sum(out, [
+  return out, tangent_sum(
+    out,
+    [
       (dx, lambda: u * t * jax.nn.sigmoid(x) * dx),
       (du, lambda: softplus_product(x, t, du)),
       (dt, lambda: softplus_product(x, u, dt)),
-  ])
+    ],
+  )
 
 
 softplus_product.defjvp(_softplus_product_jvp, symbolic_zeros=True)
 
 
-def elementwise(value: Callable[..., jax.Array], partials: Callable[..., Sequence[jax.Array]]) -> Callable[..., jax.Array]:
+def elementwise(
+  value: Callable[..., jax.Array], partials: Callable[..., Sequence[jax.Array]]
+) -> Callable[..., jax.Array]:
   """An elementwise function whose tangent is Σ_i scale(∂_i, t_i), the partials given in closed form.
 
   First derivatives are the closed forms, ±∞ included, in both modes and in

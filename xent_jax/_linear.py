@@ -297,19 +297,19 @@ def _axis_names(value, name: str) -> tuple[str, ...]:
 
 
 def linear_cross_entropy(
-    embeddings: ArrayLike,
-    classifier: ArrayLike,
-    labels: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    chunk_size: int | tuple[int, int] | None = None,
-    reduction: str = "none",
-    axis_name: str | None = None,
-    batch_axis_name: str | tuple[str, ...] | None = None,
+  embeddings: ArrayLike,
+  classifier: ArrayLike,
+  labels: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
+  ignore_index: int | None = None,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+  softcap: float | None = None,
+  chunk_size: int | tuple[int, int] | None = None,
+  reduction: str = "none",
+  axis_name: str | None = None,
+  batch_axis_name: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy of ``embeddings @ classifier`` that never holds the logits.
 
@@ -380,7 +380,7 @@ def linear_cross_entropy(
     raise ValueError(f"`classifier` must have shape [D, V], got {w.shape}.")
   if w.shape[0] != h.shape[-1]:
     raise ValueError(
-        f"`classifier` has {w.shape[0]} rows but `embeddings` has width {h.shape[-1]}: expected [D, V] with D = {h.shape[-1]}."
+      f"`classifier` has {w.shape[0]} rows but `embeddings` has width {h.shape[-1]}: expected [D, V] with D = {h.shape[-1]}."
     )
   if labels.shape != h.shape[:-1]:
     raise ValueError(f"`labels` has shape {labels.shape}; expected the embeddings' leading shape {h.shape[:-1]}.")
@@ -392,15 +392,19 @@ def linear_cross_entropy(
   if batch_axes and reduction == "none":
     raise ValueError("`batch_axis_name` needs reduction='mean' or 'sum' (per-token losses stay on their device).")
   batch_shape = labels.shape
-  keep = jnp.ones(batch_shape, bool) if where is None else _checks.broadcast_arg(jnp.asarray(where, bool), batch_shape, "where", "labels")
+  keep = (
+    jnp.ones(batch_shape, bool)
+    if where is None
+    else _checks.broadcast_arg(jnp.asarray(where, bool), batch_shape, "where", "labels")
+  )
   h2, y2, k2 = h.reshape(-1, h.shape[-1]), labels.reshape(-1), keep.reshape(-1)
   token_block, vocab_chunk = _block_shape(h2.shape[0], w.shape[1], _chunk_size(chunk_size))
   opts = _Options(
-      ce=_core.options(label_smoothing, z_loss, ignore_index),
-      softcap=softcap,
-      token_block=token_block,
-      vocab_chunk=vocab_chunk,
-      class_axis=ClassAxis(axis_name),
+    ce=_core.options(label_smoothing, z_loss, ignore_index),
+    softcap=softcap,
+    token_block=token_block,
+    vocab_chunk=vocab_chunk,
+    class_axis=ClassAxis(axis_name),
   )
   losses = _per_token(opts, h2, w, y2, k2)
   if reduction == "none":

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 
 from xent_jax import _checks, _core
 from xent_jax._classification import (
-    class_weight_vector,
-    softmax_cross_entropy,
-    softmax_cross_entropy_with_integer_labels,
+  class_weight_vector,
+  softmax_cross_entropy,
+  softmax_cross_entropy_with_integer_labels,
 )
 
 ArrayLike = jax.typing.ArrayLike
@@ -18,14 +18,14 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def cross_entropy(
-    logits: ArrayLike,
-    target: ArrayLike,
-    *,
-    weight: ArrayLike | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    axis: int = -1,
+  logits: ArrayLike,
+  target: ArrayLike,
+  *,
+  weight: ArrayLike | None = None,
+  ignore_index: int = -100,
+  reduction: str = "mean",
+  label_smoothing: float = 0.0,
+  axis: int = -1,
 ) -> jax.Array:
   r"""Cross-entropy with the semantics of ``torch.nn.functional.cross_entropy``.
 
@@ -95,7 +95,7 @@ def cross_entropy(
     weight = class_weight_vector(weight, num_classes, "weight")
   if jnp.issubdtype(target.dtype, jnp.integer):
     per_example = softmax_cross_entropy_with_integer_labels(
-        logits, target, axis, class_weights=weight, ignore_index=ignore_index, label_smoothing=eps
+      logits, target, axis, class_weights=weight, ignore_index=ignore_index, label_smoothing=eps
     )
     counted = target != ignore_index
     if weight is not None:
@@ -118,7 +118,7 @@ def _probability_targets(logits, target, weight, ignore_index, eps, axis):
   """Per-element loss for probability targets: soft CE of w·((1-ε)p + ε/C)."""
   if ignore_index != -100:
     raise ValueError(
-        f"`ignore_index`={ignore_index} applies to class-index targets only; `target` holds probabilities."
+      f"`ignore_index`={ignore_index} applies to class-index targets only; `target` holds probabilities."
     )
   if target.shape != logits.shape:
     raise ValueError(f"`target` of probabilities must have the logits' shape {logits.shape}, got {target.shape}.")

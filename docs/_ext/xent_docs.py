@@ -98,14 +98,14 @@ class PublicApi(SphinxDirective):
     """A function xent_jax re-exports from JAX, with a pointer to JAX's documentation."""
     source = next(f"{m}.{public}" for m in JAX_MODULES if getattr(importlib.import_module(m), public, None) is obj)
     return [
-        f".. py:function:: {public}{inspect.signature(obj)}",
-        f"   :module: {module}",
-        "",
-        f"   {_summary(obj)}",
-        "",
-        f"   ``{source}``, re-exported unchanged so that ``import xent_jax as losses`` covers it;"
-        f" see `its documentation in JAX <{JAX_DOCS.format(source)}>`__.",
-        "",
+      f".. py:function:: {public}{inspect.signature(obj)}",
+      f"   :module: {module}",
+      "",
+      f"   {_summary(obj)}",
+      "",
+      f"   ``{source}``, re-exported unchanged so that ``import xent_jax as losses`` covers it;"
+      f" see `its documentation in JAX <{JAX_DOCS.format(source)}>`__.",
+      "",
     ]
 
 
@@ -127,7 +127,7 @@ def start_report(app, env, docnames: list[str]) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.unlink(missing_ok=True)
   app._xent_report = subprocess.Popen(
-      [sys.executable, "-m", "xent_jax", "--json", str(path)], stdout=subprocess.DEVNULL, cwd=ROOT
+    [sys.executable, "-m", "xent_jax", "--json", str(path)], stdout=subprocess.DEVNULL, cwd=ROOT
   )
 
 
@@ -190,10 +190,14 @@ class Derivations(SphinxDirective):
     covering = {k: [i for i, c in enumerate(checks) if k in c.numbers()] for k in range(1, 48)}
     covering["4.4"] = [i for i, c in enumerate(checks) if c.equation == "4.4"]
     noted = {k for k in range(1, 48) if any(checks[i].note for i in covering[k])}
-    if not set(seed_equations.CORRECTED) <= noted or any(not c.numbers() & set(seed_equations.CORRECTED) for c in checks if c.note):
+    if not set(seed_equations.CORRECTED) <= noted or any(
+      not c.numbers() & set(seed_equations.CORRECTED) for c in checks if c.note
+    ):
       LOGGER.warning(
-          "seed_equations.CORRECTED (%s) and the registry's seed-corrected checks (%s) disagree",
-          sorted(seed_equations.CORRECTED), sorted(noted), location=self.get_location()
+        "seed_equations.CORRECTED (%s) and the registry's seed-corrected checks (%s) disagree",
+        sorted(seed_equations.CORRECTED),
+        sorted(noted),
+        location=self.get_location(),
       )
 
     lines = self._report_table(checks, pairs)
@@ -210,30 +214,30 @@ class Derivations(SphinxDirective):
   def _report_table(checks, pairs) -> list[str]:
     flat = [r for pair in pairs for r in pair]
     lines = [
-        "The report",
-        "=" * 80,
-        "",
-        f"{sum(r['passed'] for r in flat)} of {len(flat)} checks passed ({len(checks)} checks, each in float32 and"
-        f" float64), measured while these pages were built ({_platform()}). Errors are ``max |a - b| / (1 + |b|)``; each check's"
-        " tolerance is a few ulps of the dtype times the length and conditioning of the computation.",
-        "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "   :widths: 14 50 18 18 10",
-        "",
-        "   * - equation",
-        "     - claim",
-        "     - float32 error",
-        "     - float64 error",
-        "     - status",
+      "The report",
+      "=" * 80,
+      "",
+      f"{sum(r['passed'] for r in flat)} of {len(flat)} checks passed ({len(checks)} checks, each in float32 and"
+      f" float64), measured while these pages were built ({_platform()}). Errors are ``max |a - b| / (1 + |b|)``; each check's"
+      " tolerance is a few ulps of the dtype times the length and conditioning of the computation.",
+      "",
+      ".. list-table::",
+      "   :header-rows: 1",
+      "   :widths: 14 50 18 18 10",
+      "",
+      "   * - equation",
+      "     - claim",
+      "     - float32 error",
+      "     - float64 error",
+      "     - status",
     ]
     for i, (chk, pair) in enumerate(zip(checks, pairs)):
       lines += [
-          f"   * - {_equation_links(chk.equation)}",
-          f"     - :ref:`{_escape(chk.claim)} <check-{i + 1}>`",
-          f"     - {_fmt(pair[0])}",
-          f"     - {_fmt(pair[1])}",
-          f"     - {_status(pair)}",
+        f"   * - {_equation_links(chk.equation)}",
+        f"     - :ref:`{_escape(chk.claim)} <check-{i + 1}>`",
+        f"     - {_fmt(pair[0])}",
+        f"     - {_fmt(pair[1])}",
+        f"     - {_status(pair)}",
       ]
     return lines + [""]
 
@@ -251,20 +255,20 @@ class Derivations(SphinxDirective):
     for i in covering:
       pair = pairs[i]
       lines += [
-          f"- :ref:`{_escape(checks[i].claim)} <check-{i + 1}>` ({checks[i].equation}):"
-          f" float32 {_fmt(pair[0])}, float64 {_fmt(pair[1])}, {_status(pair)}"
+        f"- :ref:`{_escape(checks[i].claim)} <check-{i + 1}>` ({checks[i].equation}):"
+        f" float32 {_fmt(pair[0])}, float64 {_fmt(pair[1])}, {_status(pair)}"
       ]
     return lines + [""]
 
   @staticmethod
   def _checks(checks, pairs) -> list[str]:
     lines = [
-        "The checks",
-        "=" * 80,
-        "",
-        "Each check's source, as registered in ``xent_jax/_derivations.py``: it receives a seeded"
-        " ``numpy.random.Generator`` and the dtype and returns the largest error and the tolerance it is held to.",
-        "",
+      "The checks",
+      "=" * 80,
+      "",
+      "Each check's source, as registered in ``xent_jax/_derivations.py``: it receives a seeded"
+      " ``numpy.random.Generator`` and the dtype and returns the largest error and the tolerance it is held to.",
+      "",
     ]
     for i, (chk, pair) in enumerate(zip(checks, pairs)):
       source = textwrap.dedent(inspect.getsource(chk.run))

@@ -37,7 +37,7 @@ def _close(a, b):
 def _global_mean(chunk):
   """The mean over tokens split over "x" (classifier replicated), with batch_axis_name="x"."""
   local = lambda h, w, y, where: xent_jax.linear_cross_entropy(
-      h, w, y, where=where, reduction="mean", chunk_size=chunk, batch_axis_name="x", **OPTIONS
+    h, w, y, where=where, reduction="mean", chunk_size=chunk, batch_axis_name="x", **OPTIONS
   )
   return jax.shard_map(local, mesh=_mesh(), in_specs=(P("x"), P(), P("x"), P("x")), out_specs=P())
 
@@ -46,23 +46,34 @@ def test_global_mean_with_unequal_counts():
   """batch_axis_name="x": Σ losses / Σ counts over the devices, value and gradients as on one device,
   where the mean of the devices' means is off."""
   chunk = 64
-  single = lambda h, w: xent_jax.linear_cross_entropy(h, w, Y, where=WHERE, reduction="mean", chunk_size=chunk, **OPTIONS)
+  single = lambda h, w: xent_jax.linear_cross_entropy(
+    h, w, Y, where=WHERE, reduction="mean", chunk_size=chunk, **OPTIONS
+  )
   sharded = lambda h, w: _global_mean(chunk)(h, w, Y, WHERE)
   want = jax.jit(jax.value_and_grad(single, (0, 1)))(H, W)
   _close(jax.jit(jax.value_and_grad(sharded, (0, 1)))(H, W), want)
-  local = lambda h, w, y, where: xent_jax.linear_cross_entropy(h, w, y, where=where, reduction="mean", chunk_size=chunk, **OPTIONS)
-  mean_of_means = jax.jit(jax.shard_map(
-      lambda *args: jax.lax.pmean(local(*args), "x"), mesh=_mesh(), in_specs=(P("x"), P(), P("x"), P("x")), out_specs=P()
-  ))(H, W, Y, WHERE)
+  local = lambda h, w, y, where: xent_jax.linear_cross_entropy(
+    h, w, y, where=where, reduction="mean", chunk_size=chunk, **OPTIONS
+  )
+  mean_of_means = jax.jit(
+    jax.shard_map(
+      lambda *args: jax.lax.pmean(local(*args), "x"),
+      mesh=_mesh(),
+      in_specs=(P("x"), P(), P("x"), P("x")),
+      out_specs=P(),
+    )
+  )(H, W, Y, WHERE)
   assert abs(float(mean_of_means) / float(want[0]) - 1) > 0.05
 
 
 def test_forward_mode_inside_shard_map():
   """jvp through shard_map: the vocabulary split (axis_name) and the data-parallel global mean."""
   tangents = (np.ones_like(H), W[:, ::-1].copy())
-  per_token = lambda h, w, axis_name=None: xent_jax.linear_cross_entropy(h, w, Y, chunk_size=16, axis_name=axis_name, **OPTIONS)
+  per_token = lambda h, w, axis_name=None: xent_jax.linear_cross_entropy(
+    h, w, Y, chunk_size=16, axis_name=axis_name, **OPTIONS
+  )
   vocab_split = jax.shard_map(
-      functools.partial(per_token, axis_name="x"), mesh=_mesh(), in_specs=(P(), P(None, "x")), out_specs=P()
+    functools.partial(per_token, axis_name="x"), mesh=_mesh(), in_specs=(P(), P(None, "x")), out_specs=P()
   )
   jvp = lambda f: jax.jit(lambda h, w, dh, dw: jax.jvp(f, (h, w), (dh, dw)))(H, W, *tangents)
   _close(jvp(vocab_split), jvp(per_token))

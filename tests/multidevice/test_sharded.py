@@ -37,8 +37,8 @@ def _close(a, b):
 
 
 LOSSES = {
-    "int": (xent_jax.softmax_cross_entropy_with_integer_labels, Y),
-    "soft": (xent_jax.softmax_cross_entropy, SOFT),
+  "int": (xent_jax.softmax_cross_entropy_with_integer_labels, Y),
+  "soft": (xent_jax.softmax_cross_entropy, SOFT),
 }
 
 
@@ -60,11 +60,11 @@ def test_automatic_partitioning(kind, spec, loss):
 
 
 INT_OPTIONS = {
-    "plain": {},
-    "smoothing-z-loss": {"label_smoothing": 0.1, "z_loss": 1e-3},
-    "ignore": {"ignore_index": 3},
-    "where-smoothing": {"label_smoothing": 0.2, "where": WHERE},
-    "weights": {"class_weights": RNG.uniform(0.5, 2.0, C).astype(np.float32), "label_smoothing": 0.1},
+  "plain": {},
+  "smoothing-z-loss": {"label_smoothing": 0.1, "z_loss": 1e-3},
+  "ignore": {"ignore_index": 3},
+  "where-smoothing": {"label_smoothing": 0.2, "where": WHERE},
+  "weights": {"class_weights": RNG.uniform(0.5, 2.0, C).astype(np.float32), "label_smoothing": 0.1},
 }
 
 
@@ -86,9 +86,7 @@ def test_axis_name_integer_labels(name):
   extra = [a for a in (where, weights) if a is not None]
   single = lambda z: jnp.sum(U * local(z, *extra))
   specs = (P(None, "x"),) + tuple(P(None, "x") if a.ndim == 2 else P("x") for a in extra)
-  mapped = jax.shard_map(
-      functools.partial(local, axis_name="x"), mesh=_mesh("Auto"), in_specs=specs, out_specs=P()
-  )
+  mapped = jax.shard_map(functools.partial(local, axis_name="x"), mesh=_mesh("Auto"), in_specs=specs, out_specs=P())
   sharded = lambda z: jnp.sum(U * mapped(z, *extra))
   _close(jax.value_and_grad(sharded)(Z), jax.value_and_grad(single)(Z))
   if weights is not None:  # the class weights' gradient, sharded like them
@@ -104,8 +102,10 @@ def test_axis_name_soft_labels(masked):
 
   extra = (WHERE,) if masked else ()
   mapped = jax.shard_map(
-      functools.partial(local, axis_name="x"), mesh=_mesh("Auto"),
-      in_specs=(P(None, "x"),) * (2 + len(extra)), out_specs=P(),
+    functools.partial(local, axis_name="x"),
+    mesh=_mesh("Auto"),
+    in_specs=(P(None, "x"),) * (2 + len(extra)),
+    out_specs=P(),
   )
   single = jax.value_and_grad(lambda z: jnp.sum(U * local(z, SOFT, *extra)))(Z)
   sharded = jax.value_and_grad(lambda z: jnp.sum(U * mapped(z, SOFT, *extra)))(Z)
@@ -114,16 +114,21 @@ def test_axis_name_soft_labels(masked):
 
 WEIGHTS = RNG.uniform(0.5, 2.0, C).astype(np.float32)
 DATA_PARALLEL = {
-    # name: (loss of (z, u, *options), the options, their in_specs): the batch is split,
-    # the options are replicated (or broadcast over the batch and replicated).
-    "class-weights": (
-        lambda z, u, y, w: u * xent_jax.softmax_cross_entropy_with_integer_labels(z, y, class_weights=w, label_smoothing=0.1),
-        (Y, WEIGHTS), (P("x"), P()),
+  # name: (loss of (z, u, *options), the options, their in_specs): the batch is split,
+  # the options are replicated (or broadcast over the batch and replicated).
+  "class-weights": (
+    lambda z, u, y, w: (
+      u * xent_jax.softmax_cross_entropy_with_integer_labels(z, y, class_weights=w, label_smoothing=0.1)
     ),
-    "soft-broadcast": (lambda z, u, p: u * xent_jax.softmax_cross_entropy(z, p), (SOFT[:1],), (P(),)),
-    "soft-where": (
-        lambda z, u, p, m: u * xent_jax.softmax_cross_entropy(z, p, where=m), (SOFT[:1], WHERE[:1]), (P(), P()),
-    ),
+    (Y, WEIGHTS),
+    (P("x"), P()),
+  ),
+  "soft-broadcast": (lambda z, u, p: u * xent_jax.softmax_cross_entropy(z, p), (SOFT[:1],), (P(),)),
+  "soft-where": (
+    lambda z, u, p, m: u * xent_jax.softmax_cross_entropy(z, p, where=m),
+    (SOFT[:1], WHERE[:1]),
+    (P(), P()),
+  ),
 }
 
 
@@ -136,14 +141,16 @@ def test_data_parallel_with_replicated_options(name):
   argnums = tuple(i for i, a in enumerate((Z, U) + options) if a.dtype == np.float32)
   total = lambda *a: jnp.sum(fn(*a))
   mapped = jax.shard_map(
-      lambda *a: jax.lax.psum(total(*a), "x"), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P()
+    lambda *a: jax.lax.psum(total(*a), "x"), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P()
   )
   args = (Z, U) + options
   _close(jax.value_and_grad(mapped, argnums)(*args), jax.value_and_grad(total, argnums)(*args))
   tangent = np.ones_like(Z)
-  _close(jax.jvp(lambda z: mapped(z, *args[1:]), (Z,), (tangent,)), jax.jvp(lambda z: total(z, *args[1:]), (Z,), (tangent,)))
+  _close(
+    jax.jvp(lambda z: mapped(z, *args[1:]), (Z,), (tangent,)), jax.jvp(lambda z: total(z, *args[1:]), (Z,), (tangent,))
+  )
   inside = jax.shard_map(
-      lambda *a: jax.grad(total)(*a), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P("x")
+    lambda *a: jax.grad(total)(*a), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P("x")
   )
   _close(inside(*args), jax.grad(total)(*args))
 
@@ -170,6 +177,7 @@ def test_explicit_sharding_with_replicated_options(name):
     got = objective(z, *sharded_options, *sharded_extra)
   _close(got, want)
 
+
 N, D, V = 24, 8, 256
 H = RNG.normal(size=(N, D)).astype(np.float32)
 W = (RNG.normal(size=(D, V)) / 2).astype(np.float32)
@@ -182,7 +190,7 @@ def test_axis_name_linear_cross_entropy(reduction):
   kw = {"reduction": reduction, "chunk_size": 16, "label_smoothing": 0.1, "z_loss": 1e-3}
   local = lambda h, w, axis_name=None: xent_jax.linear_cross_entropy(h, w, YL, axis_name=axis_name, **kw)
   mapped = jax.shard_map(
-      functools.partial(local, axis_name="x"), mesh=_mesh("Auto"), in_specs=(P(), P(None, "x")), out_specs=P()
+    functools.partial(local, axis_name="x"), mesh=_mesh("Auto"), in_specs=(P(), P(None, "x")), out_specs=P()
   )
   weight = U.repeat(2)[:N] if reduction == "none" else np.float32(1.7)
   single = jax.value_and_grad(lambda h, w: jnp.sum(weight * local(h, w)), (0, 1))(H, W)
@@ -244,7 +252,7 @@ def test_recommended_use_and_the_pmean_pitfall():
     return jax.lax.psum(jnp.sum(per_query), "x") / B
 
   recommended = jax.grad(
-      lambda w: jax.shard_map(global_loss, mesh=mesh, in_specs=(P(), P("x"), P("x")), out_specs=P())(w, Q, K)
+    lambda w: jax.shard_map(global_loss, mesh=mesh, in_specs=(P(), P("x"), P("x")), out_specs=P())(w, Q, K)
   )(proj)
   _close(recommended, single)
 
@@ -266,7 +274,9 @@ def test_linear_cross_entropy_data_parallel(reduction):
     out = xent_jax.linear_cross_entropy(h, w, y, **kw)
     return out if reduction == "none" else jax.lax.pmean(out, "x")
 
-  mapped = jax.shard_map(local, mesh=_mesh("Auto"), in_specs=(P("x"), P(), P("x")), out_specs=P("x") if reduction == "none" else P())
+  mapped = jax.shard_map(
+    local, mesh=_mesh("Auto"), in_specs=(P("x"), P(), P("x")), out_specs=P("x") if reduction == "none" else P()
+  )
   single = jax.value_and_grad(lambda h, w: jnp.sum(xent_jax.linear_cross_entropy(h, w, YL, **kw)), (0, 1))(H, W)
   sharded = jax.value_and_grad(lambda h, w: jnp.sum(mapped(h, w, YL)), (0, 1))(H, W)
   _close(sharded, single)
