@@ -1,15 +1,15 @@
-"""The label-shift shortcut's bound: rows with Σ exp(z - z_c) just above it keep p̂ to float32 precision.
+"""The label-shift shortcut keeps p̂ to float32 precision for rows with a large Σ exp(z - z_c).
 
-The integer-label kernel shifts a row by its label's logit z_c when
-s = Σ exp(z - z_c) is at most 2³² (``xent_jax._fused._MAX_LABEL_SHIFTED_SUM``)
-and by the row max otherwise (Eq. 4.2.35). With the label shift every p̂ =
-exp((z - z_c) - log s) carries the rounding of log s, about ulp(log s)/2
-relative: 2e-6 for log s ≈ 70 where the max shift gives p̂ ≈ 1 to an ulp or
-two. Each row below is its own call (``vmap``, so each takes its own branch)
-with s from just above 2³² up to 2¹¹⁹, and three large classes (p̂ ≈ 0.55,
-0.28, 0.16) whose gradient entries must match float64 to 2e-7 relative: the
-bound as it is passes with the error below 1e-7; raised to 2³³, 2⁴⁰ or 2¹²⁰ the
-rows under it take the label shift and miss by 3e-7 to 2e-6.
+The integer-label kernel shifts a row by its label's logit z_c whenever
+s = Σ exp(z - z_c) is finite (``xent_jax._fused._label_shifted``) and by the
+row max otherwise (Eq. 4.2.35), and forms p̂ = exp(z - z_c)·(1/s). Written as
+exp((z - z_c) - log s), as it was up to issue 15, every p̂ would carry the
+rounding of log s, about ulp(log s)/2 relative: 2e-6 for log s ≈ 70, where
+the max shift gives p̂ ≈ 1 to an ulp or two; that form needed a bound (2³²)
+on s for the label shift. Each row below is its own call (``vmap``) with s
+from just above 2³² up to 2¹¹⁹, and three large classes (p̂ ≈ 0.55, 0.28,
+0.16) whose gradient entries must match float64 to 2e-7 relative: the
+exp(y - log s) form misses by 3e-7 to 2e-6 on these rows.
 """
 
 import chex

@@ -101,13 +101,16 @@ def softmax_cross_entropy(
   logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
   class_axis = _class_axis(axis_name, axes)
   labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
-  # In the compute dtype once, shared by forward and backward (integer or
-  # boolean one-hot targets are taken, as optax takes them).
-  p = _checks.classes_last(labels, axes).astype(_checks.compute_dtype(x.dtype, labels.dtype))
+  # Floating targets stay in their dtype (each pass converts them, so no
+  # float32 copy of 16-bit targets is stored); integer or boolean one-hot
+  # targets are taken as floats, as optax takes them.
+  p = _checks.classes_last(labels, axes)
+  if not jnp.issubdtype(p.dtype, jnp.floating):
+    p = p.astype(_checks.compute_dtype(x.dtype))
   return _fused.fused_soft_labels(_fused.SoftOptions(class_axis), x, p, mask).reshape(batch_shape)
 
 
-def _class_axis(axis_name, axes: tuple[int, ...]) -> _core.ClassAxis:
+def _class_axis(axis_name: str | None, axes: tuple[int, ...]) -> _core.ClassAxis:
   if axis_name is not None and len(axes) != 1:
     raise ValueError(f"`axis_name` splits one class axis; got class axes {axes}.")
   return _core.ClassAxis(axis_name)

@@ -41,7 +41,10 @@ def _finite_top(x: jax.Array) -> jax.Array:
 
   A row with +inf logits then has M = that value, and exp(z - M) is 1 on its
   k infinite classes and 0 elsewhere: p̂ = 1/k there, the limit of the softmax,
-  where z - M would be inf - inf = NaN. A no-op on every other row.
+  where z - M would be inf - inf = NaN. A no-op on every other row. Applied in
+  one pass only (the exp of the max shift): the max is lowered after the
+  reduction instead, since XLA:CPU stores an elementwise op that two reductions
+  share as an N×C temporary.
   """
   return jnp.minimum(x, jnp.finfo(x.dtype).max)
 
@@ -51,14 +54,32 @@ def _infinite_row(m: jax.Array) -> jax.Array:
   return m == jnp.finfo(m.dtype).max
 
 
+def _exp_shifted(logits: jax.Array, dtype, shift: jax.Array, mask: jax.Array | None, *, top: bool = False) -> jax.Array:
+  """exp(z - shift) per class in the compute dtype, 0 on masked classes; ``top`` lowers +inf
+  logits first (see ``_finite_top``). The logits are converted inside the pass, so no upcast
+  copy is stored."""
+  x = logits.astype(dtype)
+  y = (_finite_top(x) if top else x) - shift
+  return jnp.exp(y if mask is None else jnp.where(mask, y, -jnp.inf))
+
+
+def _row_max(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array:
+  """M, the masked row max (Eq. 4.2.35) lowered to the dtype's max (0 for a row with no finite
+  max); taken in the logits' own dtype, which is exact, so the pass reads them as they are."""
+  m = class_axis.max(logits if mask is None else jnp.where(mask, logits, -jnp.inf)).astype(dtype)
+  m = jnp.minimum(m, jnp.finfo(dtype).max)
+  return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
+
+
 def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: ClassAxis):
-  """(log s, M) per row with M the masked row max (Eq. 4.2.35) and s = Σ exp(z - M)."""
-  x = _finite_top(logits.astype(dtype))
-  if mask is not None:
-    x = jnp.where(mask, x, -jnp.inf)
-  m = class_axis.max(x)
-  m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  return jnp.log(class_axis.sum(jnp.exp(x - m))), m
+  """(M, s) per row with M the masked row max and s = Σ exp(z - M) (Eq. 4.2.35)."""
+  m = _row_max(logits, dtype, mask, class_axis)
+  return m, class_axis.sum(_exp_shifted(logits, dtype, m, mask, top=True))
+
+
+def _inverse(s: jax.Array) -> jax.Array:
+  """1/s, and 0 for an empty row (s = 0: every class masked), whose exps are all 0."""
+  return jnp.where(s > 0, 1 / s, 0)
 
 
 def _rows_kept(mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array | bool:
@@ -80,35 +101,56 @@ def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, lo
   return nll if mask is None else jnp.where(mask, nll, 0)
 
 
-def _softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array) -> jax.Array:
-  """p̂ = exp((z - M) - log s) recomputed from the logits; 0 on masked classes."""
-  # The barrier keeps XLA from merging z - M here with the forward's z - M into
-  # one N×C buffer (CSE), which the forward's reduction would then read back.
-  m, log_s = jax.lax.optimization_barrier((m, log_s))
-  p_hat = jnp.exp((_finite_top(logits.astype(m.dtype)) - m) - log_s)
-  return p_hat if mask is None else jnp.where(mask, p_hat, 0)
+# 16-bit logits share their float32 exps between the forward and the tangent
+# (see ``_shares_exps``) only while those fit in this many bytes.
+_SHARED_16BIT_EXPS_BYTES = 2**24
 
 
-def _fused_loss(forward, tangent):
+def _shares_exps(logits: jax.Array) -> bool:
+  """Whether the tangent map reuses the forward's exps rather than recomputing them.
+
+  Reused, the tangent writes the same expression as the forward and its
+  checkpoint lets XLA merge the two (CSE): in a value_and_grad the exps are
+  computed once, into the gradient's output buffer, and scaled there in place
+  (as optax's autodiff does; measured on XLA:CPU, issue 15: one exp per logit
+  instead of two, and no temporary). For 16-bit logits the float32 exps would be
+  an N×C temporary twice the logits' size, so above 16 MiB of them the tangent
+  recomputes and writes the 16-bit gradient in one pass.
+  """
+  return logits.dtype.itemsize >= 4 or logits.size * 4 <= _SHARED_16BIT_EXPS_BYTES
+
+
+def _recomputed_exps(logits: jax.Array, mask: jax.Array | None, shift: jax.Array) -> jax.Array:
+  """exp(z - shift) recomputed from the logits (p̂ times s); 0 on masked classes."""
+  # The barrier keeps XLA from merging these exps with the forward's into one
+  # stored N×C buffer (CSE), which the forward would then read back.
+  shift = jax.lax.optimization_barrier(shift)
+  return _exp_shifted(logits, shift.dtype, shift, mask, top=True)
+
+
+def _fused_loss(forward, tangent, shares_exps=lambda logits: False):
   """A custom_jvp of (options, logits, *arrays) from a forward and a tangent map.
 
   ``forward(options, logits, *arrays)`` returns (loss, row statistics);
   ``tangent(options, logits, *arrays, stats, dlogits, *darrays)`` is linear in
   the d-arguments, each None where its tangent is zero (integer labels and
-  masks always). ``options`` is static (hashable, ``nondiff_argnums``).
+  masks always). ``options`` is static (hashable, ``nondiff_argnums``). The
+  tangent map is rematerialized (``jax.checkpoint``); where
+  ``shares_exps(logits)``, XLA may merge its recomputation with the forward's.
   """
 
   @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
   def loss(options, logits: jax.Array, *arrays: jax.Array | None) -> jax.Array:
     return forward(options, logits, *arrays)[0]
 
-  remat_tangent = jax.checkpoint(tangent, static_argnums=(0,))
+  remat = {share: jax.checkpoint(tangent, static_argnums=(0,), prevent_cse=not share) for share in (False, True)}
 
   def jvp(options, primals, tangents):
     value, stats = forward(options, *primals)
     tangents = [None if isinstance(t, SymbolicZero) else t for t in tangents]
     if all(t is None for t in tangents):
       return value, jnp.zeros_like(value)
+    remat_tangent = remat[bool(shares_exps(primals[0]))]
     return value, remat_tangent(options, *primals, stats, *tangents).astype(value.dtype)
 
   loss.defjvp(jvp, symbolic_zeros=True)
@@ -188,35 +230,38 @@ def _smoothing_weights(weights, mask, dtype, class_axis: ClassAxis, local_classe
   return jnp.where(mask, w, 0) / k
 
 
-_MAX_LABEL_SHIFTED_SUM = 2.0**32
+def _label_logit(logits: jax.Array, label: _Label, class_axis: ClassAxis, dtype) -> jax.Array:
+  """z_c per row, (..., 1), in the compute dtype.
 
-
-def _label_shifted(logits, dtype, mask, shift, matters, class_axis: ClassAxis):
-  """(log s, M) with M = the label's logit when that is safe for the batch, else the row max.
-
-  Shifting by the label's logit z_c needs one pass over the logits (the max
-  needs a second): s = Σ exp(z - z_c) ≥ 1 and the loss is log s. It is used
-  when every row that counts has 1 ≤ s ≤ 2³² (no overflow, and log s < 22.2,
-  so the exponent of p̂ = exp(y - log s) is rounded at most to ulp(22) ≈ 2e-6
-  relative, as the max shift rounds log p̂ of a class with p̂ ≈ e⁻²²) and every
-  other row has 0 < s < inf. Otherwise the whole batch takes the max shift
-  (Eq. 4.2.35); under ``vmap`` both are computed. The logits enter in their
-  own dtype and are converted inside each pass, so no upcast copy is stored.
-  With a split class axis s is summed over the shards first, so every shard
-  takes the same branch.
+  Gathered from a barrier'd view of the logits: a gather that shares the
+  logits with the exp-sum makes XLA:CPU share their float32 conversion too and
+  store it (an N×C float32 copy of 16-bit logits).
   """
-  y = logits.astype(dtype) - shift
-  if mask is not None:
-    y = jnp.where(mask, y, -jnp.inf)
-  s = class_axis.sum(jnp.exp(y))
-  safe = jnp.where(matters[..., None], (s >= 1) & (s <= _MAX_LABEL_SHIFTED_SUM), (s > 0) & (s < jnp.inf))
-  return jax.lax.cond(
-    jnp.all(safe),
-    lambda logits, mask: (jnp.log(s), shift),
+  return _pick_label(jax.lax.optimization_barrier(logits), label, class_axis).astype(dtype)
+
+
+def _label_shifted(logits, dtype, mask, z_c, matters, class_axis: ClassAxis):
+  """(shift, s) with s = Σ exp(z - shift): shift = the label's logit z_c when that is finite for
+  the batch, else the row max M (Eq. 4.2.35); and whether the label shift was taken.
+
+  Shifting by z_c needs one pass over the logits (the max needs a second) and
+  gives the loss as log s exactly, with no cancellation of M against z_c. p̂ =
+  exp(z - z_c)·(1/s) is accurate to a few ulps whenever s is finite, so the
+  whole batch takes the max shift only when a row's s overflows (its label's
+  logit is about 88 below its max in float32), or is 0 or NaN where the row
+  counts (``matters``). Under ``vmap`` both are computed. With a split class
+  axis s is summed over the shards first, so every shard takes the same branch.
+  """
+  s = class_axis.sum(_exp_shifted(logits, dtype, z_c, mask))
+  safe = jnp.all((s < jnp.inf) & jnp.where(matters[..., None], s > 0, True))
+  shift, s = jax.lax.cond(
+    safe,
+    lambda logits, mask: (z_c, s),
     lambda logits, mask: _max_shifted(logits, dtype, mask, class_axis),
     logits,
     mask,
   )
+  return shift, s, safe
 
 
 class _IntegerRows(NamedTuple):
@@ -247,42 +292,73 @@ def _int_forward(options: IntegerOptions, logits, labels, weights, mask):
   r = _integer_rows(options, logits, labels, weights, mask, dtype)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
-  label_logit = _pick_label(logits, r.label, class_axis).astype(dtype)
-  log_s, m = _label_shifted(logits, dtype, mask, label_logit, r.rows.counted & r.rows.valid, class_axis)
-  label_nll = _neg_log_softmax(label_logit, None, m, log_s)
+  z_c = _label_logit(logits, r.label, class_axis, dtype)
+  shift, s, safe = _label_shifted(logits, dtype, mask, z_c, r.rows.counted & r.rows.valid, class_axis)
+  log_s = jnp.log(s)
+  label_nll = _neg_log_softmax(z_c, None, shift, log_s)
   smooth = None
   if r.spread is not None:
-    nll = _neg_log_softmax(logits, mask, m, log_s)
+    nll = _neg_log_softmax(logits, mask, shift, log_s)
     smooth = class_axis.sum(jnp.where(r.spread != 0, r.spread * nll, 0))
-  value = _core.loss(r.rows, options.ce, label_nll, m + log_s, smooth, r.label_weight)
-  return value[..., 0], (m, log_s)
+  value = _core.loss(r.rows, options.ce, label_nll, shift + log_s, smooth, r.label_weight)
+  return value[..., 0], (shift, s, safe)
+
+
+def _label_exps(logits, mask, label: _Label, class_axis: ClassAxis, shift, safe) -> jax.Array:
+  """exp(z - shift) = p̂·s for the integer kernel; where ``_shares_exps``, the forward's expression
+  (z_c's shift, or the max shift's behind a cond that the label shift passes through), so
+  XLA computes them once."""
+  if not _shares_exps(logits):
+    return _recomputed_exps(logits, mask, shift)
+  dtype = shift.dtype
+  e = _exp_shifted(logits, dtype, _label_logit(logits, label, class_axis, dtype), mask)
+  # The pass-through as branch 0 (``~safe`` false): as branch 1 (written
+  # XLA:CPU kept e out of the gradient's buffer (an N×C temporary; measured).
+  return jax.lax.cond(~safe, lambda e: _exp_shifted(logits, dtype, shift, mask, top=True), lambda e: e, e)
+
+
+def _label_onehot(label: _Label, shape) -> jax.Array:
+  """1 at each row's label in this shard, 0 elsewhere (boolean, ``shape``)."""
+  iota = jax.lax.broadcasted_iota(label.index.dtype, shape, len(shape) - 1)
+  onehot = iota == label.index[..., None]
+  return onehot if label.here is True else onehot & jnp.expand_dims(label.here, -1)
 
 
 def _int_tangent(options: IntegerOptions, logits, labels, weights, mask, stats, dlogits, dlabels, dweights, dmask):
   """dL = Σ_k (p̂_k·softmax - e_c·label - spread_k)·ż_k + Σ_i (∂L/∂w_i) ẇ_i per row."""
   del dlabels, dmask  # integer labels and boolean masks have no tangent
-  m, log_s = stats
-  dtype, class_axis = m.dtype, options.class_axis
+  shift, s, safe = stats
+  dtype, class_axis = shift.dtype, options.class_axis
+  log_s = jnp.log(s)
   r = _integer_rows(options, logits, labels, weights, mask, dtype)
   spread_total = None if r.spread is None else class_axis.sum(jnp.broadcast_to(r.spread, logits.shape))
-  f = _core.factors(r.rows, options.ce, m + log_s, spread_total, r.label_weight)
-  out = jnp.zeros_like(m)
+  f = _core.factors(r.rows, options.ce, shift + log_s, spread_total, r.label_weight)
+  out = jnp.zeros_like(shift)
   if dlogits is not None:
     dz = dlogits.astype(dtype)
-    out = f.softmax * class_axis.sum(_softmax(logits, mask, m, log_s) * dz) - f.label * _pick_label(
-      dz, r.label, class_axis
-    )
+    # p̂ = e/s with 1/s folded into the row factor: reverse mode then scales e
+    # by one number per row, in place (a per-element 1/s kept it apart).
+    e = _label_exps(logits, mask, r.label, class_axis, shift, safe)
+    softmax = f.softmax * _inverse(s)
+    if logits.dtype.itemsize < 4 and not _explicitly_sharded(logits):
+      # One coefficient per logit, so that reverse mode writes the 16-bit
+      # gradient in one pass (measured on XLA:CPU: a scatter of the labels' N
+      # entries would run on a float32 N×C array before a separate convert).
+      label = jnp.where(_label_onehot(r.label, logits.shape), f.label, 0)
+      out = class_axis.sum((softmax * e - label) * dz)
+    else:
+      out = softmax * class_axis.sum(e * dz) - f.label * _pick_label(dz, r.label, class_axis)
     if f.spread is not None:
       out = out - f.spread * class_axis.sum(r.spread * dz)
   if dweights is not None:
     # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i).
     eps = options.ce.label_smoothing
     dw = dweights.astype(dtype)
-    label_nll = log_s - (_pick_label(logits, r.label, class_axis).astype(dtype) - m)
+    label_nll = _neg_log_softmax(_label_logit(logits, r.label, class_axis, dtype), None, shift, log_s)
     per_row = (1 - eps) * label_nll * _label_weight(dw, r.label, class_axis)
     if eps:
       uniform = _smoothing_weights(None, mask, dtype, class_axis, logits.shape[-1], logits.ndim)
-      nll = _neg_log_softmax(logits, mask, m, log_s)
+      nll = _neg_log_softmax(logits, mask, shift, log_s)
       per_row = per_row + eps * class_axis.sum(uniform * _weights_row(dw, logits.ndim) * nll)
     out = out + f.scale * per_row
   return out[..., 0]
@@ -290,30 +366,36 @@ def _int_tangent(options: IntegerOptions, logits, labels, weights, mask, stats, 
 
 # Per-row loss over the last axis: fused_integer_labels(options, logits, labels, weights, mask);
 # NaN for labels out of range that are not the ignore index, 0 for ignored rows.
-fused_integer_labels = _fused_loss(_int_forward, _int_tangent)
+fused_integer_labels = _fused_loss(_int_forward, _int_tangent, _shares_exps)
 
 
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
 
 
-def _safe_loss(x, m, log_s, p):
+def _safe_loss(logits, labels, mask, m, log_s):
   """Σ p·(log s - (z - M)) per row with 0·(-inf) = 0, over blocks of rows of at most 8 MiB each
-  (in one piece for explicitly sharded arrays, which are already split)."""
+  (in one piece for explicitly sharded arrays, which are already split). The inputs come in
+  their own dtypes and are converted a block at a time (but XLA:CPU widens 16-bit arrays that
+  a loop reads to float32 before it: this rare path then holds float32 copies of both)."""
 
-  def row_sums(x, m, log_s, p):
-    terms = jnp.where(p != 0, p * _neg_log_softmax(x, None, m, log_s), 0)
+  def row_sums(logits, labels, mask, m, log_s):
+    p = _targets(labels, mask, m.dtype)
+    terms = jnp.where(p != 0, p * _neg_log_softmax(logits, None, m, log_s), 0)
     return jnp.sum(_checks.nan_where(p < 0, terms), axis=-1)
 
-  if _explicitly_sharded(x):
-    return row_sums(x, m, log_s, p)
-  shape, width = x.shape, x.shape[-1]
-  x, m, log_s, p = x.reshape(-1, width), m.reshape(-1, 1), log_s.reshape(-1, 1), p.reshape(-1, width)
-  rows = x.shape[0]
+  if _explicitly_sharded(logits):
+    return row_sums(logits, labels, mask, m, log_s)
+  shape, width = logits.shape, logits.shape[-1]
+  flat = [logits.reshape(-1, width), labels.reshape(-1, width), m.reshape(-1, 1), log_s.reshape(-1, 1)]
+  if mask is not None:
+    flat.append(mask.reshape(-1, mask.shape[-1]))
+  rows = flat[0].shape[0]
   block = max(1, min(rows, 2**21 // width))
-  out = jnp.zeros_like(x[:, 0])
+  out = jnp.zeros(rows, m.dtype)
 
   def step(start, out, size):
-    value = row_sums(*(jax.lax.dynamic_slice_in_dim(a, start, size) for a in (x, m, log_s, p)))
+    x, p, m, log_s, *mask = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in flat)
+    value = row_sums(x, p, mask[0] if mask else None, m, log_s)
     return jax.lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
 
   full, rest = divmod(rows, block)
@@ -332,29 +414,33 @@ class SoftOptions(NamedTuple):
 def _soft_forward(options: SoftOptions, logits, labels, mask):
   class_axis = options.class_axis
   dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
-  log_s, m = _max_shifted(logits, dtype, mask, class_axis)
+  m, s = _max_shifted(logits, dtype, mask, class_axis)
+  log_s = jnp.log(s)
   # L = Σ p·(log s - y), y = z - M, non-negative terms, summed without a
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
   # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
   # then (and for a row with a +inf logit) the batch is summed again with
-  # 0·(-inf) = 0, a block of rows at a time. (The barrier keeps XLA from
-  # sharing one stored z - M with log s.)
-  x = logits.astype(dtype)
-  y = _finite_top(x) - jax.lax.optimization_barrier(m)
+  # 0·(-inf) = 0, a block of rows at a time. (The barrier keeps XLA:CPU from
+  # sharing one stored z - M, or float32 copy of 16-bit z, with s's pass.)
+  x, shift = jax.lax.optimization_barrier((logits, m))
+  y = x.astype(dtype) - shift
   p = _targets(labels, mask, dtype)
   loss = class_axis.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
+  # The fallback takes the inputs as they are: a converted copy as an operand
+  # of the cond would be stored (an N×C float32 temporary for 16-bit inputs).
   loss = jax.lax.cond(
     jnp.all(jnp.isfinite(loss)) & ~jnp.any(_infinite_row(m)),
     lambda *_: loss,
     lambda *args: class_axis.sum(_safe_loss(*args)[..., None])[..., 0],
-    x,
+    logits,
+    labels,
+    mask,
     m,
     log_s,
-    p,
   )
   loss = jnp.where(_rows_kept(mask, class_axis), loss, 0)
-  return loss, (m, log_s, jnp.isnan(loss)[..., None])
+  return loss, (m, s, jnp.isnan(loss)[..., None])
 
 
 def _targets(labels, mask, dtype):
@@ -371,24 +457,32 @@ def _like_logits(labels: jax.Array, logits: jax.Array) -> jax.Array:
   return jax.sharding.reshard(labels, jax.typeof(logits).sharding)
 
 
+def _soft_exps(logits: jax.Array, mask: jax.Array | None, m: jax.Array) -> jax.Array:
+  """exp(z - M) = p̂·s for the soft-label kernel; where ``_shares_exps``, the forward's
+  expression, so XLA computes them once."""
+  if not _shares_exps(logits):
+    return _recomputed_exps(logits, mask, m)
+  return _exp_shifted(logits, m.dtype, m, mask, top=True)
+
+
 def _soft_tangent(options: SoftOptions, logits, labels, mask, stats, dlogits, dlabels, dmask):
   """dL = Σ_k (p̂_k Σp - p_k) ż_k + Σ_k (-log p̂_k) ṗ_k per row; NaN rows stay NaN."""
   del dmask
-  m, log_s, bad = stats
+  m, s, bad = stats
   class_axis = options.class_axis
   scale = jnp.where(jnp.expand_dims(_rows_kept(mask, class_axis), -1), _checks.nan_where(bad, jnp.ones_like(m)), 0)
   out = jnp.zeros_like(m)
   if dlogits is not None:
     p = _targets(_like_logits(labels, logits), mask, m.dtype)
     dz = dlogits.astype(m.dtype)
-    p_hat_dz = class_axis.sum(_softmax(logits, mask, m, log_s) * dz)
-    out = (scale * class_axis.sum(p)) * p_hat_dz - scale * class_axis.sum(p * dz)
+    e_dz = class_axis.sum(_soft_exps(logits, mask, m) * dz)
+    out = (scale * class_axis.sum(p) * _inverse(s)) * e_dz - scale * class_axis.sum(p * dz)
   if dlabels is not None:
     # ∂L/∂p = -log p̂ (+inf on a class with z = -inf, as the mathematics says).
     dp = _targets(_like_logits(dlabels, logits), mask, m.dtype)
-    out = out + scale * class_axis.sum(_neg_log_softmax(logits, mask, m, log_s) * dp)
+    out = out + scale * class_axis.sum(_neg_log_softmax(logits, mask, m, jnp.log(s)) * dp)
   return out[..., 0]
 
 
 # Per-row Σ p·(logsumexp(z) - z) over the last axis; NaN for negative targets.
-fused_soft_labels = _fused_loss(_soft_forward, _soft_tangent)
+fused_soft_labels = _fused_loss(_soft_forward, _soft_tangent, _shares_exps)
