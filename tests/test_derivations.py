@@ -10,11 +10,14 @@ from xent_jax import __main__ as cli
 from xent_jax import derivations
 
 CASES = [(c, d) for c in derivations.REGISTRY for d in ("float32", "float64")]
+# Each case's row, kept for the session: tests/test_docs.py builds the Derivations page from them (in the order of
+# CASES, the rows of `python -m xent_jax --json`) instead of running the registry a second time.
+ROWS: dict[tuple[derivations.Check, str], derivations.CheckResult] = {}
 
 
 @pytest.mark.parametrize("chk, dtype", CASES, ids=[f"{c.equation}:{i // 2}:{d}" for i, (c, d) in enumerate(CASES)])
 def test_registry_check(chk, dtype):
-  row = derivations.run_check(chk, jnp.dtype(dtype))
+  row = ROWS[chk, dtype] = derivations.run_check(chk, jnp.dtype(dtype))
   assert row.passed, row
   assert 0 < row.tolerance < 1e-2  # a few ulps times the problem's scale, never a loose constant
 
