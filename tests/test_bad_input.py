@@ -1,4 +1,4 @@
-"""The bad-input contract: one test case per row of the README's table.
+"""The bad-input contract: one test case per row of the table in docs/guides/bad_input.md.
 
 Static faults raise at trace time (under `jax.eval_shape`, before any data
 exists), naming the argument. Data faults under `jit` give NaN for the
@@ -23,7 +23,7 @@ P = np.full((2, 3), 1 / 3, np.float32)
 Y = np.zeros(2, np.int32)
 E = np.zeros((2, 4), np.float32)
 
-# (README id, call, error, argument named in the message)
+# (table id, call, error, argument named in the message)
 STATIC = [
   ("float-labels", lambda: xent_jax.softmax_cross_entropy_with_integer_labels(Z, P[:, 0]), TypeError, "labels"),
   (
@@ -161,7 +161,7 @@ def _per_temperature(loss):
   return lambda e, tau: jax.vmap(lambda t: jnp.mean(loss(e, t)))(tau)
 
 
-# (README id, loss, clean arguments, faulty arguments); row 1 of the faulty batch is bad.
+# (table id, loss, clean arguments, faulty arguments); row 1 of the faulty batch is bad.
 DATA = [
   ("label-too-large", _int, (Z, Y), (Z, np.array([0, 3]))),
   ("label-negative", _int, (Z, Y), (Z, np.array([0, -1]))),
@@ -223,11 +223,10 @@ def test_checkify_float_checks_report_data_faults(case, fn, clean, faulty):
     error.throw()
 
 
-def test_readme_table_lists_exactly_the_tested_cases():
-  """Every row of the README's bad-input table is a test case here, and back."""
-  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-  section = readme.split("## Bad input")[1].split("\n## ")[0]
-  rows = [line for line in section.splitlines() if line.startswith("| ") and "`" in line.split("|")[-2]]
+def test_documented_table_lists_exactly_the_tested_cases():
+  """Every row of the bad-input table (docs/guides/bad_input.md) is a test case here, and back."""
+  page = (pathlib.Path(__file__).parents[1] / "docs" / "guides" / "bad_input.md").read_text()
+  rows = [line for line in page.splitlines() if line.startswith("| ") and "`" in line.split("|")[-2]]
   listed = {name for row in rows for name in re.findall(r"`([a-z0-9-]+)`", row.split("|")[-2])}
   tested = {c[0] for c in STATIC} | {c[0] for c in DATA}
   assert listed == tested, (listed - tested, tested - listed)
