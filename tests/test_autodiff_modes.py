@@ -236,7 +236,7 @@ def _x64(args):
 EPS = 1e-5  # central differences in float64: truncation ~ EPS², rounding ~ 1e-16/EPS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checker(name):
   """One jitted function per case computing every composition, over the differentiated arguments flattened."""
   fn, build = _BY_NAME[name]
@@ -259,7 +259,7 @@ def _checker(name):
       fd=jnp.diff(jax.vmap(flat)(steps)[::-1], axis=0)[0] / (2 * EPS),
       hessian=jax.hessian(s)(x),
       **(
-        {} if name in HESSIAN_ONLY else dict(rev_rev=jax.jacrev(jax.grad(s))(x), fwd_fwd=jax.jacfwd(jax.jacfwd(s))(x))
+        {} if name in HESSIAN_ONLY else {"rev_rev": jax.jacrev(jax.grad(s))(x), "fwd_fwd": jax.jacfwd(jax.jacfwd(s))(x)}
       ),
       fd2=(grads[0] - grads[1]) / (2 * EPS),
       jvp_of_grad=jax.jvp(jax.grad(s), (x,), (v,))[1],
@@ -270,19 +270,11 @@ def _checker(name):
   return jax.jit(check)
 
 
-# Fully masked rows: reverse-over-reverse gives NaN where the Hessian is 0 (xent_jax/_fused.py,
-# _core.py, not this file's to fix); strict, so a fix shows up as an unexpected pass.
-KNOWN = {
-  "softmax_ce-where-row": "fused soft-label CE: rev-over-rev Hessian NaN on a row fully masked by `where` (0)",
-  "integer_ce-where-row": "fused integer-label CE: rev-over-rev Hessian NaN on a row fully masked by `where` (0)",
-}
-
-
 def _known(names, known):
   return [pytest.param(n, marks=[pytest.mark.xfail(reason=known[n], strict=True)] if n in known else []) for n in names]
 
 
-@pytest.mark.parametrize("name", _known(IDS, KNOWN))
+@pytest.mark.parametrize("name", IDS)
 def test_both_modes_to_second_order(name):
   """Finite differences, jacfwd = jacrev, linearize, three Hessian compositions, jvp-of-grad, under jit and vmap."""
   build = _BY_NAME[name][1]
@@ -310,7 +302,7 @@ def test_both_modes_to_second_order(name):
   close(out["vmap_jvp"][1], -out["vmap_grad"] @ v, 1e-12, "vmap of jvp vs vmap of grad at a second point")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _output_size(name):
   fn, build = _BY_NAME[name]
   with jax.enable_x64(True):
@@ -396,7 +388,7 @@ class SeedClosedFormsTest(parameterized.TestCase):
         (xent_jax.softmax_cross_entropy, P[0]),
         (xent_jax.softmax_cross_entropy_with_integer_labels, Y[0]),
       ):
-        f = lambda z: loss(z, label)
+        f = functools.partial(loss, labels=label)
         for hessian in (jax.jacfwd(jax.jacrev(f)), jax.jacfwd(jax.jacfwd(f)), jax.jacrev(jax.jacfwd(f))):
           got = np.asarray(jax.jit(hessian)(Z[0]))
           np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
@@ -407,7 +399,7 @@ class SeedClosedFormsTest(parameterized.TestCase):
     with jax.enable_x64(True):
       jac = _per_row(np.asarray(jax.jit(jax.jacfwd(xent_jax.mse_on_probabilities))(Z, P)))
     p_hat = ref.softmax(Z)
-    expected = np.stack([2 * (np.diag(q) - np.outer(q, q)) @ (q - p) for q, p in zip(p_hat, P)])
+    expected = np.stack([2 * (np.diag(q) - np.outer(q, q)) @ (q - p) for q, p in zip(p_hat, P, strict=True)])
     np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-15)
 
   def test_linear_cross_entropy_forward_mode(self):

@@ -58,8 +58,14 @@ def _exp_shifted(logits: jax.Array, dtype, shift: jax.Array, mask: jax.Array | N
   """exp(z - shift) per class in the compute dtype, 0 on masked classes; ``top`` lowers +inf
   logits first (see ``_finite_top``). The logits are converted inside the pass, so no upcast
   copy is stored."""
-  x = logits.astype(dtype)
-  y = (_finite_top(x) if top else x) - shift
+  y = logits.astype(dtype) - shift
+  if top:
+    # For a row with a +inf logit (shift = the dtype's max, see ``_row_max``)
+    # z - shift is +inf on its infinite classes: lowered to 0 there, so that
+    # exp(z - M) = 1 on them and 0 elsewhere, and p̂ = 1/k, the softmax's limit
+    # (``_finite_top``). The cap is a per-row array: a broadcast constant that
+    # two of XLA:CPU's reductions shared was stored as an N×C array (measured).
+    y = jnp.minimum(y, jnp.where(_infinite_row(shift), 0, jnp.inf).astype(dtype))
   return jnp.exp(y if mask is None else jnp.where(mask, y, -jnp.inf))
 
 
@@ -230,6 +236,9 @@ def _smoothing_weights(weights, mask, dtype, class_axis: ClassAxis, local_classe
   return jnp.where(mask, w, 0) / k
 
 
+_MAX_LABEL_SHIFTED_SUM = 2.0**64
+
+
 def _label_logit(logits: jax.Array, label: _Label, class_axis: ClassAxis, dtype) -> jax.Array:
   """z_c per row, (..., 1), in the compute dtype.
 
@@ -246,14 +255,16 @@ def _label_shifted(logits, dtype, mask, z_c, matters, class_axis: ClassAxis):
 
   Shifting by z_c needs one pass over the logits (the max needs a second) and
   gives the loss as log s exactly, with no cancellation of M against z_c. p̂ =
-  exp(z - z_c)·(1/s) is accurate to a few ulps whenever s is finite, so the
-  whole batch takes the max shift only when a row's s overflows (its label's
-  logit is about 88 below its max in float32), or is 0 or NaN where the row
-  counts (``matters``). Under ``vmap`` both are computed. With a split class
-  axis s is summed over the shards first, so every shard takes the same branch.
+  exp(z - z_c)·(1/s) is accurate to a few ulps while 1/s and the row factors
+  it multiplies stay normal numbers, so the whole batch takes the max shift
+  when a row's s is above 2⁶⁴ (its label's logit is 44 below its max: 1/s
+  ≥ 5e-20 leaves room for class weights down to 1e-18 before a product
+  flushes to 0), or is 0 or NaN where the row counts (``matters``). Under
+  ``vmap`` both are computed. With a split class axis s is summed over the
+  shards first, so every shard takes the same branch.
   """
   s = class_axis.sum(_exp_shifted(logits, dtype, z_c, mask))
-  safe = jnp.all((s < jnp.inf) & jnp.where(matters[..., None], s > 0, True))
+  safe = jnp.all((s <= _MAX_LABEL_SHIFTED_SUM) & jnp.where(matters[..., None], s > 0, True))
   shift, s = jax.lax.cond(
     safe,
     lambda logits, mask: (z_c, s),
@@ -372,37 +383,30 @@ fused_integer_labels = _fused_loss(_int_forward, _int_tangent, _shares_exps)
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
 
 
-def _safe_loss(logits, labels, mask, m, log_s):
-  """Σ p·(log s - (z - M)) per row with 0·(-inf) = 0, over blocks of rows of at most 8 MiB each
-  (in one piece for explicitly sharded arrays, which are already split). The inputs come in
-  their own dtypes and are converted a block at a time (but XLA:CPU widens 16-bit arrays that
-  a loop reads to float32 before it: this rare path then holds float32 copies of both)."""
+def _limit_loss(class_axis: ClassAxis, logits, labels, mask, m, log_s) -> jax.Array:
+  """Σ p·(-log p̂) per row, (..., 1), with 0·∞ = 0 and the limits at ±inf logits.
 
-  def row_sums(logits, labels, mask, m, log_s):
-    p = _targets(labels, mask, m.dtype)
-    terms = jnp.where(p != 0, p * _neg_log_softmax(logits, None, m, log_s), 0)
-    return jnp.sum(_checks.nan_where(p < 0, terms), axis=-1)
-
-  if _explicitly_sharded(logits):
-    return row_sums(logits, labels, mask, m, log_s)
-  shape, width = logits.shape, logits.shape[-1]
-  flat = [logits.reshape(-1, width), labels.reshape(-1, width), m.reshape(-1, 1), log_s.reshape(-1, 1)]
+  For the batches the plain sum cannot take (a -inf logit, a +inf row). In
+  one pass of arithmetic with no select (XLA:CPU stores the result of a
+  select inside a reduction, an N×C temporary; measured), except with a
+  ``where`` mask, which a masked class's logit (NaN, say) must not reach.
+  """
+  dtype = m.dtype
+  big = jnp.finfo(dtype).max
+  x = _finite_top(logits.astype(dtype))
+  p = _targets(labels, mask, dtype)
+  # -log p̂ = log s - (z - M); beside a +inf logit (M = big) a finite class has
+  # p̂ = 0, and big·(big - z) overflows to +inf there (0 on the infinite classes).
+  nll = (log_s - (x - m)) + jnp.where(_infinite_row(m), big, 0) * jnp.minimum(big - x, big)
   if mask is not None:
-    flat.append(mask.reshape(-1, mask.shape[-1]))
-  rows = flat[0].shape[0]
-  block = max(1, min(rows, 2**21 // width))
-  out = jnp.zeros(rows, m.dtype)
-
-  def step(start, out, size):
-    x, p, m, log_s, *mask = (jax.lax.dynamic_slice_in_dim(a, start, size) for a in flat)
-    value = row_sums(x, p, mask[0] if mask else None, m, log_s)
-    return jax.lax.dynamic_update_slice_in_dim(out, value, start, axis=0)
-
-  full, rest = divmod(rows, block)
-  out = jax.lax.fori_loop(0, full, lambda i, out: step(i * block, out, block), out)
-  if rest:
-    out = step(full * block, out, rest)
-  return out.reshape(shape[:-1])
+    nll = jnp.where(mask, nll, 0)
+  # p·(-log p̂) with -log p̂ clamped to big, so p = 0 gives 0. A class with
+  # p > 0 and p̂ = 0 has min(p, nll - big) = p > 0, lifted to 1 for any
+  # normal p, and adds big to its row, which then reads +inf. 0·√p is NaN for
+  # a negative target.
+  hit = jnp.minimum(jnp.maximum(jnp.minimum(p, nll - big), 0) / jnp.finfo(dtype).smallest_normal, 1)
+  total = class_axis.sum(p * jnp.minimum(nll, big) + 0 * jnp.sqrt(p) + hit * big)
+  return jnp.where(total >= big, jnp.inf, total)
 
 
 class SoftOptions(NamedTuple):
@@ -420,8 +424,8 @@ def _soft_forward(options: SoftOptions, logits, labels, mask):
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
   # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
-  # then (and for a row with a +inf logit) the batch is summed again with
-  # 0·(-inf) = 0, a block of rows at a time. (The barrier keeps XLA:CPU from
+  # then (and for a row with a +inf logit) the batch is summed again by
+  # ``_limit_loss``. (The barrier keeps XLA:CPU from
   # sharing one stored z - M, or float32 copy of 16-bit z, with s's pass.)
   x, shift = jax.lax.optimization_barrier((logits, m))
   y = x.astype(dtype) - shift
@@ -432,7 +436,7 @@ def _soft_forward(options: SoftOptions, logits, labels, mask):
   loss = jax.lax.cond(
     jnp.all(jnp.isfinite(loss)) & ~jnp.any(_infinite_row(m)),
     lambda *_: loss,
-    lambda *args: class_axis.sum(_safe_loss(*args)[..., None])[..., 0],
+    lambda *args: _limit_loss(class_axis, *args)[..., 0],
     logits,
     labels,
     mask,
