@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 from absl.testing import parameterized
 
 import xent_jax
@@ -109,6 +108,22 @@ class FusedLossTest(chex.TestCase):
     assert np.isfinite(grad).all()
 
   @chex.variants(with_jit=True, without_jit=True)
+  def test_limit_path_mixed_rows(self):
+    """One batch through the soft-label limit path: a -inf logit under p = 0 (finite), p > 0 on a
+    -inf logit (+inf), a masked class holding NaN or +inf (it must not reach the loss), a
+    negative target (NaN) and plain rows, each row against float64."""
+    logits = self.logits.astype(np.float32)
+    p, where = self.soft.copy(), np.ones((4, 7), bool)
+    logits[0, 2], p[0, 2] = -np.inf, 0.0
+    logits[1, 4] = -np.inf
+    logits[2, 5], logits[2, 6], where[2, 5:] = np.nan, np.inf, False
+    p[3, 1] = -0.25
+    loss = np.asarray(self.variant(xent_jax.softmax_cross_entropy)(logits, p, where=where))
+    want = ref.softmax_cross_entropy(logits, np.where(where, p, 0), where)
+    np.testing.assert_allclose(loss[[0, 2]], want[[0, 2]], rtol=1e-6)
+    assert np.isposinf(loss[1]) and np.isnan(loss[3]) and np.isfinite(want[[0, 2]]).all()
+
+  @chex.variants(with_jit=True, without_jit=True)
   def test_huge_logits_stay_finite(self):
     logits = np.array([[3e38, -3e38, 0.0], [-3e38, 1e30, -1e30]], np.float32)
     labels = np.array([0, 1])
@@ -129,7 +144,7 @@ class FusedLossTest(chex.TestCase):
   def test_labels_out_of_range_give_nan(self):
     labels = np.array([7, -1, 0, 2])
     loss, grad = self.variant(
-      jax.value_and_grad(lambda z, l: xent_jax.softmax_cross_entropy_with_integer_labels(z, l)[0])
+      jax.value_and_grad(lambda z, y: xent_jax.softmax_cross_entropy_with_integer_labels(z, y)[0])
     )(self.logits, labels)
     assert np.isnan(loss)
     assert np.isnan(grad[0]).all() and not np.isnan(grad[2:]).any()
@@ -402,7 +417,8 @@ class ElementwiseLossTest(chex.TestCase):
     expected = 0.25 * np.log(0.5) + 0.75 * np.log(1.5)
     assert np.isnan(optax.losses.kl_divergence(lq, p)).all()
     for fn, t in [(xent_jax.kl_divergence, p), (xent_jax.kl_divergence_with_log_targets, log_p)]:
-      loss, grads = self.variant(jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b)), argnums=(0, 1)))(lq, t)
+      total = lambda a, b, fn=fn: jnp.sum(fn(a, b))
+      loss, grads = self.variant(jax.value_and_grad(total, argnums=(0, 1)))(lq, t)
       np.testing.assert_allclose(loss, expected, rtol=1e-6)
       # ∂/∂log q = -p is finite (0 on the zero target); ∂/∂p at p = 0 holds log p → -inf,
       # an infinite partial the mathematics gives, so only the first is checked finite.

@@ -426,10 +426,11 @@ def _soft_forward(options: SoftOptions, logits, labels, mask):
   # no pass of its own. The sum is NaN also where a -inf logit meets p = 0;
   # then (and for a row with a +inf logit) the batch is summed again by
   # ``_limit_loss``. (The barrier keeps XLA:CPU from
-  # sharing one stored z - M, or float32 copy of 16-bit z, with s's pass.)
-  x, shift = jax.lax.optimization_barrier((logits, m))
+  # sharing one stored z - M, or float32 copy of 16-bit z or p, with s's pass
+  # or the gradient's.)
+  x, targets, shift = jax.lax.optimization_barrier((logits, labels, m))
   y = x.astype(dtype) - shift
-  p = _targets(labels, mask, dtype)
+  p = _targets(targets, mask, dtype)
   loss = class_axis.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
   # The fallback takes the inputs as they are: a converted copy as an operand
   # of the cond would be stored (an N×C float32 temporary for 16-bit inputs).
@@ -477,10 +478,13 @@ def _soft_tangent(options: SoftOptions, logits, labels, mask, stats, dlogits, dl
   scale = jnp.where(jnp.expand_dims(_rows_kept(mask, class_axis), -1), _checks.nan_where(bad, jnp.ones_like(m)), 0)
   out = jnp.zeros_like(m)
   if dlogits is not None:
-    p = _targets(_like_logits(labels, logits), mask, m.dtype)
+    labels = _like_logits(labels, logits)
+    # Σp from a barrier'd view of the targets: XLA:CPU shared their float32
+    # conversion between Σp and the gradient, and stored it (measured, bf16).
+    total = class_axis.sum(_targets(jax.lax.optimization_barrier(labels), mask, m.dtype))
     dz = dlogits.astype(m.dtype)
     e_dz = class_axis.sum(_soft_exps(logits, mask, m) * dz)
-    out = (scale * class_axis.sum(p) * _inverse(s)) * e_dz - scale * class_axis.sum(p * dz)
+    out = (scale * total * _inverse(s)) * e_dz - scale * class_axis.sum(_targets(labels, mask, m.dtype) * dz)
   if dlabels is not None:
     # ∂L/∂p = -log p̂ (+inf on a class with z = -inf, as the mathematics says).
     dp = _targets(_like_logits(dlabels, logits), mask, m.dtype)
