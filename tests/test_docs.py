@@ -14,6 +14,7 @@ import subprocess
 import sys
 import types
 
+import jax
 import nbformat
 import pytest
 import test_derivations
@@ -101,6 +102,12 @@ def test_docs_build_without_warnings(request, tmp_path):
       f"undocumented names in {module.__name__}"
     )
   assert "<img" in (html / "notebooks" / "07_language_model.html").read_text()
+  performance = (html / "guides" / "performance.html").read_text()
+  table = [line for line in _readme_section("Performance").splitlines() if line.startswith("| ")]
+  rows = [line.split("|")[1].strip() for line in table[1:]]  # below the header
+  assert len(rows) >= 5 and not [row for row in rows if f"<td><p>{row}</p></td>" not in performance], (
+    "the Performance page includes the README's section"
+  )
 
 
 def test_equation_citations_become_links_outside_math_literals_and_doctests():
@@ -126,3 +133,45 @@ def test_equation_citations_become_links_outside_math_literals_and_doctests():
   )
   assert lines[2:9] == [".. math::", "", "   L = 4.2.7", "", ">>> f(4.2.8)", "4.2.9", ""]
   assert lines[9] == ":ref:`Eq. 4.2.10 <eq-4.2.10>`."
+
+
+EXAMPLE_PAGES = [ROOT / "README.md", ROOT / "docs" / "index.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=[p.stem for p in EXAMPLE_PAGES])
+def test_code_examples_run(page, capsys):
+  """Every Python block of the README and the guides runs as a user would run it (JAX's default promotion)."""
+  blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+  for block in blocks:
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+      exec(compile(block, str(page), "exec"), {"__name__": "__example__"})
+  printed = capsys.readouterr().out
+  assert not re.search(r"\bnan\b", printed, re.I), printed
+  if page.name in ("README.md", "optax.md", "multi_device.md"):
+    assert blocks and printed, f"{page.name} lost its example"
+
+
+def _readme_section(title: str) -> str:
+  return (ROOT / "README.md").read_text().split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
+def test_readme_links_resolve():
+  links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+  local = [link for link in links if "://" not in link]
+  assert len(local) >= 15, local
+  assert not [link for link in local if not (ROOT / link).exists()]
+
+
+def test_readme_names_every_public_function():
+  section = _readme_section("The losses")
+  public = [*xent_jax.__all__, *(f"info.{n}" for n in xent_jax.info.__all__)]
+  named = set(re.findall(r"`([\w.]+)`", section))
+  named |= {name.split(".")[0] for name in named}  # `info.entropy` names the module info too
+  assert not [name for name in public if name not in named]
+
+
+def test_every_notebook_is_listed():
+  notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+  for listing, prefix in [("README.md", "notebooks/"), ("docs/examples.md", "notebooks/"), ("notebooks/README.md", "")]:
+    text = (ROOT / listing).read_text()
+    assert not [n for n in notebooks if f"]({prefix}{n})" not in text], f"notebooks missing from {listing}"
