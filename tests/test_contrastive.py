@@ -1,6 +1,7 @@
 """InfoNCE and its relatives: reduction to softmax CE, attention link, MI bound."""
 
 import inspect
+import itertools
 import math
 
 import chex
@@ -41,11 +42,11 @@ def _reference_logits(q, k, n, mode, in_batch, tau):
 
 
 MODES = [
-  dict(mode="in-batch", in_batch=False),
-  dict(mode="unpaired", in_batch=False),
-  dict(mode="paired", in_batch=False),
-  dict(mode="unpaired", in_batch=True),
-  dict(mode="paired", in_batch=True),
+  {"mode": "in-batch", "in_batch": False},
+  {"mode": "unpaired", "in_batch": False},
+  {"mode": "paired", "in_batch": False},
+  {"mode": "unpaired", "in_batch": True},
+  {"mode": "paired", "in_batch": True},
 ]
 
 
@@ -65,7 +66,7 @@ class InfoNCETest(chex.TestCase):
   @parameterized.parameters(*MODES)
   def test_equals_integer_label_cross_entropy_on_scaled_scores(self, mode, in_batch):
     n = self._negatives(mode)
-    kwargs = dict(negative_mode="paired" if mode == "paired" else "unpaired", in_batch_negatives=in_batch)
+    kwargs = {"negative_mode": "paired" if mode == "paired" else "unpaired", "in_batch_negatives": in_batch}
 
     def ours(q, k, n, tau):
       return jnp.mean(xent_jax.info_nce(q, k, n, temperature=tau, **kwargs))
@@ -207,6 +208,7 @@ class RelativesTest(parameterized.TestCase):
     np.testing.assert_allclose(
       xent_jax.supervised_contrastive(self.e, self.labels, temperature=0.5), expected, rtol=1e-5
     )
+    np.testing.assert_allclose(loss, np.sum(expected), rtol=1e-5)
     self.assertEqual(float(xent_jax.supervised_contrastive(self.e, self.labels)[5]), 0.0)  # no positive
     self.assertTrue(np.isfinite(grad).all())
 
@@ -241,8 +243,8 @@ class RelativesTest(parameterized.TestCase):
       losses = np.concatenate(losses)
       bounds.append(float(xent_jax.mutual_information_lower_bound(losses.mean(), n)))
       slack.append(3 * losses.std() / np.sqrt(losses.size))  # the bound holds in expectation: 3 standard errors
-    assert all(b < truth + s for b, s in zip(bounds, slack)), (bounds, slack, truth)
-    assert all(b2 > b1 for b1, b2 in zip(bounds, bounds[1:])), bounds
+    assert all(b < truth + s for b, s in zip(bounds, slack, strict=True)), (bounds, slack, truth)
+    assert all(b2 > b1 for b1, b2 in itertools.pairwise(bounds)), bounds
     assert truth - bounds[-1] < 0.1, (bounds, truth)
 
 
@@ -305,7 +307,7 @@ class TemperatureTest(parameterized.TestCase):
 # optax's ntxent on a grid: group patterns, temperatures down to 0.005 (1/τ = 200), float labels,
 # and an embedding whose squared norm falls under optax's floor.
 NTXENT_GRID = [
-  dict(labels=labels, tau=tau, tiny_row=tiny_row)
+  {"labels": labels, "tau": tau, "tiny_row": tiny_row}
   for labels in ([0, 0, 1, 1, 1, 2], [0, 1, 0, 1, 0, 1], [3, 3, 3, 3, 0, 0])
   for tau in (0.005, 0.07, 1.0)
   for tiny_row in (False, True)

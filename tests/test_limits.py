@@ -68,15 +68,15 @@ def bce_probabilities(p, y):
 
 def kl_row(lq, t):
   """Σ t (log t - log q); ∂/∂log q = -t, ∂/∂t = log t + 1 - log q with (log t + 1) := 0 at t = 0."""
-  value = sum(_times(ti, _log(ti)) - _times(ti, li) for li, ti in zip(lq, t))
-  d_t = [(0.0 if ti == 0 else _log(ti) + 1) - li for li, ti in zip(lq, t)]
+  value = sum(_times(ti, _log(ti)) - _times(ti, li) for li, ti in zip(lq, t, strict=True))
+  d_t = [(0.0 if ti == 0 else _log(ti) + 1) - li for li, ti in zip(lq, t, strict=True)]
   return value, (-np.asarray(t), np.asarray(d_t))
 
 
 def kl_log_targets_row(lq, lt):
   """Σ e^lt (lt - lq); ∂/∂lq = -e^lt, ∂/∂lt = e^lt (lt - lq + 1), 0 at lt = -inf."""
-  value = sum(0.0 if l == -INF else np.exp(l) * (l - q) for q, l in zip(lq, lt))
-  d_lt = [0.0 if l == -INF else np.exp(l) * (l - q + 1) for q, l in zip(lq, lt)]
+  value = sum(0.0 if t == -INF else np.exp(t) * (t - q) for q, t in zip(lq, lt, strict=True))
+  d_lt = [0.0 if t == -INF else np.exp(t) * (t - q + 1) for q, t in zip(lq, lt, strict=True)]
   return value, (-np.exp(lt), np.asarray(d_lt))
 
 
@@ -99,14 +99,17 @@ def entropy_row(p):
 
 def cross_entropy_row(p, q):
   """-Σ p log q; ∂/∂p = -log q, ∂/∂q = -p/q (0 where p = 0)."""
-  value = -sum(_times(a, _log(b)) for a, b in zip(p, q))
-  return value, (-_log(np.asarray(q)), np.array([0.0 if a == 0 else (-a / b if b else -INF) for a, b in zip(p, q)]))
+  value = -sum(_times(a, _log(b)) for a, b in zip(p, q, strict=True))
+  return value, (
+    -_log(np.asarray(q)),
+    np.array([0.0 if a == 0 else (-a / b if b else -INF) for a, b in zip(p, q, strict=True)]),
+  )
 
 
 def info_kl_row(p, q):
   """Σ p log p - p log q; ∂/∂p = (log p + 1, 0 at p = 0) - log q, ∂/∂q = -p/q."""
-  value = sum(_times(a, _log(a)) - _times(a, _log(b)) for a, b in zip(p, q))
-  d_p = [(0.0 if a == 0 else _log(a) + 1) - _log(b) for a, b in zip(p, q)]
+  value = sum(_times(a, _log(a)) - _times(a, _log(b)) for a, b in zip(p, q, strict=True))
+  d_p = [(0.0 if a == 0 else _log(a) + 1) - _log(b) for a, b in zip(p, q, strict=True)]
   return value, (np.asarray(d_p), cross_entropy_row(p, q)[1][1])
 
 
@@ -203,14 +206,14 @@ def _jitted(family):
 
 @pytest.mark.parametrize("family, cell, args", CELLS, ids=[f"{f}-{c}" for f, c, _ in CELLS])
 def test_value_and_gradient_are_the_limits(family, cell, args):
-  fn, closed_form, ordinary, scalar_rows = FAMILIES[family]
-  batch = [np.asarray([a, o], np.float32) for a, o in zip(args, ordinary)]
+  _, closed_form, ordinary, _ = FAMILIES[family]
+  batch = [np.asarray([a, o], np.float32) for a, o in zip(args, ordinary, strict=True)]
   value, partials = closed_form(*args)
   value_ordinary, partials_ordinary = closed_form(*ordinary)
   value_fn, jacrev, jacfwd = _jitted(family)
   np.testing.assert_allclose(value_fn(*batch), [value, value_ordinary], rtol=2e-6, atol=1e-30)
   for mode, jacobians in (("rev", jacrev(*batch)), ("fwd", jacfwd(*batch))):
-    for jac, d_cell, d_ordinary in zip(jacobians, partials, partials_ordinary):
+    for jac, d_cell, d_ordinary in zip(jacobians, partials, partials_ordinary, strict=True):
       jac = np.asarray(jac, np.float64)  # [row out, row in (, class)]
       np.testing.assert_allclose(jac[0, 0], d_cell, rtol=2e-6, atol=1e-6, err_msg=f"{mode}: the cell's partials")
       np.testing.assert_allclose(jac[1, 1], d_ordinary, rtol=2e-6, atol=1e-6, err_msg=f"{mode}: the ordinary row")
@@ -257,10 +260,12 @@ def test_sigmoid_bce_second_order_limits(mode):
 
 BCE_SHAPES = [((2, 3), (2, 3)), ((2, 3), (3,)), ((2, 1), (1, 3)), ((3,), (2, 3)), ((), (4,))]
 BCE_GRID = [
-  dict(shapes=s, labels=("float32", "int32", "bool")[i % 3]) for i, s in enumerate(BCE_SHAPES + BCE_SHAPES[:1])
+  {"shapes": s, "labels": ("float32", "int32", "bool")[i % 3]} for i, s in enumerate(BCE_SHAPES + BCE_SHAPES[:1])
 ]
 KL_AXES = [-1, 1, (1, 2), (2, 1), (-1, -2), (0, 2), None]
-KL_GRID = [dict(axis=a, where=(None, "mask")[i % 2], broadcast=i % 3 == 0) for i, a in enumerate(KL_AXES + KL_AXES[:1])]
+KL_GRID = [
+  {"axis": a, "where": (None, "mask")[i % 2], "broadcast": i % 3 == 0} for i, a in enumerate(KL_AXES + KL_AXES[:1])
+]
 
 
 def _optax(fn, *args, **kwargs):

@@ -50,7 +50,7 @@ def _labels(options):
 
 def _close(got, want, rtol=1e-4):
   """Within rtol of the largest entry, leaf by leaf."""
-  for g, wg in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  for g, wg in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, wg, rtol=rtol, atol=rtol * np.abs(wg).max())
 
 
@@ -169,7 +169,9 @@ def test_gradients_at_least_as_accurate_as_the_naive_composition(h_dtype, w_dtyp
   h64, w64 = np.asarray(h, np.float64), np.asarray(w, np.float64)
   g = (ref.softmax(h64 @ w64) - np.eye(V)[Y]) * U[:, None]
   want = (g @ w64.T, h64.T @ g)
-  error = lambda grads: [np.abs(np.asarray(x, np.float64) - y).max() / np.abs(y).max() for x, y in zip(grads, want)]
+  error = lambda grads: [
+    np.abs(np.asarray(x, np.float64) - y).max() / np.abs(y).max() for x, y in zip(grads, want, strict=True)
+  ]
   wide = jnp.float32 if h_dtype != w_dtype else h.dtype
   naive = lambda h, w: jnp.sum(
     U * xent_jax.softmax_cross_entropy_with_integer_labels(h.astype(wide) @ w.astype(wide), Y)
@@ -178,7 +180,7 @@ def test_gradients_at_least_as_accurate_as_the_naive_composition(h_dtype, w_dtyp
   value, grads = jax.jit(jax.value_and_grad(fused, (0, 1)))(h, w)
   chex.assert_type([value, *grads], [jnp.float32, h.dtype, w.dtype])
   naive_error = error(jax.jit(jax.grad(naive, (0, 1)))(h, w))
-  for got, naive_got in zip(error(grads), naive_error):
+  for got, naive_got in zip(error(grads), naive_error, strict=True):
     assert got <= naive_got + 1e-6, (error(grads), naive_error)
 
 

@@ -77,7 +77,7 @@ def test_soft_labels_finite_and_bounded_below_by_entropy(z, minus_inf, weights):
 @given(logit_arrays, inf_masks, label_arrays)
 def test_where_masks_including_fully_masked_rows(z, where, labels):
   where[0] = False
-  loss, grad = int_value_and_grad(z, labels, where)
+  _, grad = int_value_and_grad(z, labels, where)
   kept = where[np.arange(N), labels]
   assert np.isfinite(grad).all()
   np.testing.assert_array_equal(grad[0], 0.0)

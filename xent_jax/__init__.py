@@ -13,8 +13,6 @@ from xent_jax._classification import (
   softmax_cross_entropy,
   softmax_cross_entropy_with_integer_labels,
 )
-from xent_jax._linear import linear_cross_entropy
-from xent_jax._pytorch import cross_entropy
 from xent_jax._contrastive import (
   attention_weights,
   info_nce,
@@ -23,6 +21,8 @@ from xent_jax._contrastive import (
   sigmoid_contrastive,
   supervised_contrastive,
 )
+from xent_jax._linear import linear_cross_entropy
+from xent_jax._pytorch import cross_entropy
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ import time
 from xent_jax import _derivations as d
 
 
-def _status(rows) -> str:
+def _status(rows: list[d.CheckResult]) -> str:
   if not all(r.passed for r in rows):
     return "FAIL"
   return "pass (seed corrected)" if rows[0].note else "pass"
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
   elapsed = time.perf_counter() - start
 
   print(f"{'equation':<14} {'claim':<72} {'float32 err':>11} {'float64 err':>11}  status")
-  for chk, pair in zip(checks, rows):
+  for chk, pair in zip(checks, rows, strict=True):
     claim = chk.claim if len(chk.claim) <= 72 else chk.claim[:71] + "…"
     errs = " ".join(f"{r.max_error:>11.2e}" for r in pair)
     print(f"{chk.equation:<14} {claim:<72} {errs}  {_status(pair)}")
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
   passed = sum(r.passed for r in flat)
   covered = d.covered_equations(checks)
   print(
-    f"\n{len(covered)} of 47 equations checked (4.2.1–4.2.47, plus the 4.4 InfoNCE rows), {len(checks)} checks × 2 dtypes:"
-    f" {passed} of {len(flat)} passed in {elapsed:.1f} s"
+    f"\n{len(covered)} of 47 equations checked (4.2.1–4.2.47, plus the 4.4 InfoNCE rows),"
+    f" {len(checks)} checks × 2 dtypes: {passed} of {len(flat)} passed in {elapsed:.1f} s"
   )
   if args.json:
     with open(args.json, "w") as f:

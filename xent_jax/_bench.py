@@ -32,6 +32,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,10 @@ from xent_jax import _contrastive, _linear
 # (rows, classes): a small head, a 1000-class layer, and a 32k vocabulary from one sequence to 4096 tokens.
 SHAPES = ((128, 10), (1024, 1000), (32, 32768), (512, 32768), (4096, 32768))
 MEMORY_FLOOR, EXP_FLOOR = "memory floor", "exp floor"
+
+# A loss of (logits, labels) and a function to time with its arguments.
+Loss = Callable[[jax.Array, jax.Array], jax.Array]
+Timed = dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,25 +70,25 @@ class Row:
   gb_per_s: float | None = None  # memory floor rows: bytes read and written per second
 
 
-def _naive_int(z, labels):
+def _naive_int(z: jax.Array, labels: jax.Array) -> jax.Array:
   log_p = jnp.log(jax.nn.softmax(z.astype(jnp.float32), axis=-1))
   return -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
 
 
-def _naive_soft(z, p):
+def _naive_soft(z: jax.Array, p: jax.Array) -> jax.Array:
   return -jnp.sum(p * jnp.log(jax.nn.softmax(z.astype(jnp.float32), axis=-1)), axis=-1)
 
 
-def _total(loss: Callable) -> Callable:
+def _total(loss: Loss) -> Loss:
   return lambda z, y: jnp.sum(loss(z, y))
 
 
-def _value_and_grad(loss: Callable) -> Callable:
+def _value_and_grad(loss: Loss) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
   return jax.value_and_grad(_total(loss))
 
 
 # name -> (function of (logits, labels), label kind, baseline name)
-CASES: dict[str, tuple[Callable, str, str | None]] = {
+CASES: dict[str, tuple[Callable[[jax.Array, jax.Array], Any], str, str | None]] = {
   MEMORY_FLOOR: (lambda z, y: z * 2 + 1, "int", None),
   EXP_FLOOR: (lambda z, y: jnp.exp(z), "int", None),
   "xent int value": (_total(xent.softmax_cross_entropy_with_integer_labels), "int", "optax int value"),
@@ -110,7 +115,7 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
   return shapes
 
 
-def _inputs(shape: tuple[int, int], dtype: str, seed: int = 0):
+def _inputs(shape: tuple[int, int], dtype: str, seed: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
   key_z, key_y, key_p = jax.random.split(jax.random.key(seed), 3)
   z = jax.random.normal(key_z, shape, jnp.float32).astype(dtype)
   labels = jax.random.randint(key_y, shape[:1], 0, shape[1])
@@ -118,7 +123,7 @@ def _inputs(shape: tuple[int, int], dtype: str, seed: int = 0):
   return z, {"int": labels, "soft": soft}
 
 
-def time_compiled(compiled: dict[str, tuple[Callable, tuple]], rounds: int) -> dict[str, float]:
+def time_compiled(compiled: Timed, rounds: int) -> dict[str, float]:
   """Median over rounds of the best of three consecutive runs, order rotated per round."""
   names = list(compiled)
   times: dict[str, list[float]] = {name: [] for name in names}
@@ -134,11 +139,17 @@ def time_compiled(compiled: dict[str, tuple[Callable, tuple]], rounds: int) -> d
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def compile_with_memory(fn: Callable, *args) -> tuple[Callable, float]:
+def _temp_mib(compiled: jax.stages.Compiled) -> float:
+  """The compiled function's temporary memory in MiB (NaN where the backend does not report it)."""
+  memory = compiled.memory_analysis()
+  return float("nan") if memory is None else memory.temp_size_in_bytes / 2**20
+
+
+def compile_with_memory(fn: Callable[..., Any], *args: Any) -> tuple[jax.stages.Compiled, float]:
   """The compiled function and its temporary memory in MiB."""
   compiled = jax.jit(fn).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
-  return compiled, compiled.memory_analysis().temp_size_in_bytes / 2**20
+  return compiled, _temp_mib(compiled)
 
 
 def _summarize(
@@ -184,23 +195,24 @@ def run(
 ) -> list[Row]:
   """The fused-loss suite: every shape and dtype compiled once, then all of them timed, ``repeat`` times over."""
   chosen = {k: v for k, v in CASES.items() if only is None or only in k or k in (MEMORY_FLOOR, EXP_FLOOR)}
-  setups = []
+  setups: list[tuple[str, str, jax.Array, Timed, dict[str, float]]] = []
   for dtype in dtypes:
     for shape in shapes:
       z, labels = _inputs(shape, dtype)
-      compiled, temp = {}, {}
+      compiled: Timed = {}
+      temp: dict[str, float] = {}
       for name, (fn, kind, _) in chosen.items():
         c, temp[name] = compile_with_memory(fn, z, labels[kind])
         compiled[name] = (c, (z, labels[kind]))
       setups.append((f"{shape[0]}×{shape[1]}", dtype, z, compiled, temp))
   runs: list[list[dict[str, float]]] = [[] for _ in setups]
   for _ in range(repeat):
-    for setup, times in zip(setups, runs):
+    for setup, times in zip(setups, runs, strict=True):
       times.append(time_compiled(setup[3], rounds))
   bases = {name: base for name, (_, _, base) in chosen.items()}
   return [
     row
-    for (shape, dtype, z, _, temp), times in zip(setups, runs)
+    for (shape, dtype, z, _, temp), times in zip(setups, runs, strict=True)
     for row in _summarize(shape, dtype, z, bases, temp, times)
   ]
 
@@ -210,8 +222,8 @@ def run(
 LINEAR_SHAPES = ((2048, 512, 32768, "float32", True), (8192, 2048, 131072, "bfloat16", False))
 
 
-def _linear_cases(labels):
-  def naive(h, w):
+def _linear_cases(labels: jax.Array) -> dict[str, tuple[Loss, str | None]]:
+  def naive(h: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.mean(
       optax.losses.softmax_cross_entropy_with_integer_labels(
         jnp.matmul(h, w, preferred_element_type=jnp.float32), labels
@@ -241,16 +253,19 @@ def run_linear(rounds: int) -> list[Row]:
   for n, d, v, dtype, timed in LINEAR_SHAPES:
     keys = jax.random.split(jax.random.key(0), 3)
     labels = jax.random.randint(keys[2], (n,), 0, v)
+    h: jax.Array | jax.ShapeDtypeStruct
+    w: jax.Array | jax.ShapeDtypeStruct
     if timed:
       h = jax.random.normal(keys[0], (n, d), jnp.float32).astype(dtype)
       w = (jax.random.normal(keys[1], (d, v), jnp.float32) / d**0.5).astype(dtype)
     else:
       h, w = jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((d, v), dtype)
     cases = _linear_cases(labels)
-    temp, compiled = {}, {}
+    temp: dict[str, float] = {}
+    compiled: Timed = {}
     for name, (fn, _) in cases.items():
       c = jax.jit(jax.value_and_grad(fn, (0, 1))).lower(h, w).compile()
-      temp[name] = c.memory_analysis().temp_size_in_bytes / 2**20
+      temp[name] = _temp_mib(c)
       if timed:
         jax.block_until_ready(c(h, w))
         compiled[name] = (c, (h, w))
@@ -268,7 +283,7 @@ def run_info_nce(rounds: int, batch: int = 4096, dim: int = 256) -> list[Row]:
   q = jax.random.normal(keys[0], (batch, dim))
   k = q + jax.random.normal(keys[1], (batch, dim))
 
-  def naive(q, k):
+  def naive(q: jax.Array, k: jax.Array) -> jax.Array:
     qn = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
     kn = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(qn @ kn.T / 0.1, jnp.arange(batch)))
@@ -277,10 +292,11 @@ def run_info_nce(rounds: int, batch: int = 4096, dim: int = 256) -> list[Row]:
     "naive info_nce v&g": (naive, None),
     "xent info_nce v&g": (lambda q, k: jnp.mean(_contrastive.info_nce(q, k, temperature=0.1)), "naive info_nce v&g"),
   }
-  compiled, temp = {}, {}
+  compiled: Timed = {}
+  temp: dict[str, float] = {}
   for name, (fn, _) in cases.items():
-    compiled[name], temp[name] = compile_with_memory(jax.value_and_grad(fn, (0, 1)), q, k)
-    compiled[name] = (compiled[name], (q, k))
+    c, temp[name] = compile_with_memory(jax.value_and_grad(fn, (0, 1)), q, k)
+    compiled[name] = (c, (q, k))
   med = time_compiled(compiled, rounds)
   return [
     _plain_row(
@@ -345,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(str(e))
   if args.repeat < 1 or args.rounds < 1:
     parser.error("--repeat and --rounds must be at least 1")
-  rows = []
+  rows: list[Row] = []
   if args.suite in ("fused", "all"):
     rows += run(shapes, args.dtypes.split(","), args.rounds, args.only, args.repeat)
   if args.suite in ("linear", "all"):

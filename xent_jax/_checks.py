@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Axis = Union[int, Sequence[int], None]
+Axis = int | Sequence[int] | None
 
 
 def as_floating(x: jax.typing.ArrayLike, name: str) -> jax.Array:
@@ -72,7 +71,7 @@ def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """Moves ``axes`` to the end (in order) and flattens them into one class axis."""
   batch = tuple(a for a in range(x.ndim) if a not in axes)
   x = jnp.transpose(x, batch + axes) if batch + axes != tuple(range(x.ndim)) else x
-  return x.reshape(x.shape[: len(batch)] + (-1,))
+  return x.reshape(*x.shape[: len(batch)], -1)
 
 
 def fits(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
@@ -123,7 +122,7 @@ def rescale(x: jax.Array, scale: float | None) -> jax.Array:
   return x if scale is None else x * scale
 
 
-def static_number(value, name: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
+def static_number(value: float, name: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
   """A static Python number in [low, high] (or (low, high]); ValueError/TypeError naming it."""
   try:
     v = float(value)
@@ -135,7 +134,7 @@ def static_number(value, name: str, *, low: float, high: float = math.inf, low_o
   return v
 
 
-def static_index(value, name: str) -> int | None:
+def static_index(value: int | None, name: str) -> int | None:
   """A static Python int or None; TypeError naming it otherwise."""
   if value is None:
     return None

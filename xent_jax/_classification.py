@@ -20,7 +20,9 @@ from xent_jax._info import xlogx
 ArrayLike = jax.typing.ArrayLike
 
 
-def _logits_and_mask(logits: ArrayLike, axis: Axis, where: ArrayLike | None):
+def _logits_and_mask(
+  logits: ArrayLike, axis: Axis, where: ArrayLike | None
+) -> tuple[jax.Array, jax.Array, jax.Array | None, tuple[int, ...], tuple[int, ...]]:
   """Validated logits, the same with the class axes flattened last, and the mask.
 
   A ``where`` of the batch shape keeps a size-1 class axis, so no N×C mask is
@@ -292,7 +294,9 @@ def _sigmoid_bce(z: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
   return _limits.xsoftplus(w * y, -z) + _limits.xsoftplus(1 - y, z)
 
 
-def _sigmoid_bce_jvp(primals, tangents):
+def _sigmoid_bce_jvp(
+  primals: tuple[jax.Array, jax.Array, jax.Array], tangents: tuple[_limits.Tangent, _limits.Tangent, _limits.Tangent]
+) -> tuple[jax.Array, jax.Array]:
   # ∂L/∂z is finite; the softplus factors of ∂L/∂y and ∂L/∂w are ∞ at z = ∓inf,
   # so they go through softplus_product (0·∞ = 0, exact to every order).
   z, y, w = primals
@@ -301,9 +305,9 @@ def _sigmoid_bce_jvp(primals, tangents):
   return out, _limits.tangent_sum(
     out,
     [
-      (dz, lambda: ((1 - y) * jax.nn.sigmoid(z) - w * y * jax.nn.sigmoid(-z)) * dz),
-      (dy, lambda: _limits.softplus_product(-z, w, dy) - _limits.softplus_product(z, jnp.ones_like(z), dy)),
-      (dw, lambda: _limits.softplus_product(-z, y, dw)),
+      (dz, lambda dz: ((1 - y) * jax.nn.sigmoid(z) - w * y * jax.nn.sigmoid(-z)) * dz),
+      (dy, lambda dy: _limits.softplus_product(-z, w, dy) - _limits.softplus_product(z, jnp.ones_like(z), dy)),
+      (dw, lambda dw: _limits.softplus_product(-z, y, dw)),
     ],
   )
 
@@ -413,13 +417,15 @@ def _softmax_with_limits(z: jax.Array, axes: tuple[int, ...], where: jax.Array |
 
 
 @_softmax_with_limits.defjvp
-def _softmax_with_limits_jvp(axes, primals, tangents):
+def _softmax_with_limits_jvp(
+  axes: tuple[int, ...], primals: tuple[jax.Array, jax.Array | None], tangents: tuple[jax.Array, jax.Array | None]
+) -> tuple[jax.Array, jax.Array]:
   (z, where), (dz, _) = primals, tangents
   p = _softmax_with_limits(z, axes, where)
   return p, p * (dz - jnp.sum(p * dz, axes, where=where, keepdims=True))
 
 
-def _log_domain_pair(log_predictions: ArrayLike, other: ArrayLike, name: str):
+def _log_domain_pair(log_predictions: ArrayLike, other: ArrayLike, name: str) -> tuple[jax.Array, jax.Array]:
   lp = _checks.as_floating(log_predictions, "log_predictions")
   return _checks.broadcast_pair(lp, _checks.as_floating(other, name), ("log_predictions", name))
 

@@ -18,9 +18,9 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def _floats(*arrays: ArrayLike) -> list[jax.Array]:
-  arrays = [jnp.asarray(a) for a in arrays]
-  dtype = _checks.compute_dtype(*[a.dtype for a in arrays])
-  return [a.astype(dtype) for a in arrays]
+  xs = [jnp.asarray(a) for a in arrays]
+  dtype = _checks.compute_dtype(*[x.dtype for x in xs])
+  return [x.astype(dtype) for x in xs]
 
 
 def sigmoid_derivative(logits: ArrayLike) -> jax.Array:

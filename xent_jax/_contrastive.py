@@ -150,7 +150,10 @@ def info_nce(
     raise ValueError(
       "`axis_name` shares in-batch negatives across devices: pass `negative_keys=None` or `in_batch_negatives=True`."
     )
-  gather = (lambda x: x) if axis_name is None else (lambda x: jax.lax.all_gather(x, axis_name, tiled=True))
+
+  def gather(x: jax.Array) -> jax.Array:
+    return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
   labels = jnp.arange(b) + (0 if axis_name is None else jax.lax.axis_index(axis_name) * b)
   if negative_keys is None:
     loss = softmax_cross_entropy_with_integer_labels(_scores(q, gather(k), "id,jd->ij") * scale, labels)

@@ -47,7 +47,7 @@ class ClassAxis(NamedTuple):
     top = jnp.max(x, axis=-1, keepdims=True)
     return top if self.axis_name is None else jax.lax.pmax(top, self.axis_name)
 
-  def offset(self, local: int):
+  def offset(self, local: int) -> int | jax.Array:
     """Global index of this shard's first class."""
     return 0 if self.axis_name is None else jax.lax.axis_index(self.axis_name) * local
 
@@ -63,7 +63,7 @@ class Options(NamedTuple):
   ignore_index: int | None = None
 
 
-def options(label_smoothing=0.0, z_loss=0.0, ignore_index=None) -> Options:
+def options(label_smoothing: float = 0.0, z_loss: float = 0.0, ignore_index: int | None = None) -> Options:
   """The options, checked at trace time (each fault names its argument)."""
   return Options(
     label_smoothing=_checks.static_number(label_smoothing, "label_smoothing", low=0.0, high=1.0),
@@ -85,12 +85,19 @@ def rows(labels: jax.Array, num_classes: int, opts: Options, kept: jax.Array | b
   return Rows(valid, kept & ~ignored)
 
 
-def count(rows: Rows, dtype) -> jax.Array:
+def count(rows: Rows, dtype: jax.typing.DTypeLike) -> jax.Array:
   """How many rows count: the denominator of a mean over tokens."""
   return jnp.sum(rows.counted.astype(dtype))
 
 
-def loss(rows: Rows, opts: Options, label_nll, lse, smooth=None, label_weight=None) -> jax.Array:
+def loss(
+  rows: Rows,
+  opts: Options,
+  label_nll: jax.Array,
+  lse: jax.Array,
+  smooth: jax.Array | None = None,
+  label_weight: jax.Array | None = None,
+) -> jax.Array:
   """The per-row loss from its statistics (each of one shape, e.g. ``(N, 1)``).
 
   ``label_nll`` is lse - z_c, ``smooth`` is Σ_allowed (w_i/K)(lse - z_i) (needed
@@ -99,6 +106,7 @@ def loss(rows: Rows, opts: Options, label_nll, lse, smooth=None, label_weight=No
   out = label_nll if label_weight is None else label_weight * label_nll
   eps = opts.label_smoothing
   if eps:
+    assert smooth is not None, "label smoothing needs the smoothing sum"
     out = (1 - eps) * out + eps * smooth
   if opts.z_loss:
     out = out + opts.z_loss * jnp.square(lse)
@@ -117,7 +125,13 @@ class Factors(NamedTuple):
   scale: jax.Array
 
 
-def factors(rows: Rows, opts: Options, lse, spread_total=None, label_weight=None) -> Factors:
+def factors(
+  rows: Rows,
+  opts: Options,
+  lse: jax.Array,
+  spread_total: jax.Array | float | None = None,
+  label_weight: jax.Array | None = None,
+) -> Factors:
   """The gradient's row factors, with 0 for rows that do not count and NaN for bad labels.
 
   ``spread_total`` is Σ_allowed w_i/K (1 without weights and mask; needed only
@@ -131,6 +145,7 @@ def factors(rows: Rows, opts: Options, lse, spread_total=None, label_weight=None
   softmax = label
   spread = None
   if eps:
+    assert spread_total is not None, "label smoothing needs the spread's total"
     spread = eps * scale
     softmax = softmax + spread * spread_total
   if opts.z_loss:

@@ -21,11 +21,14 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from xent_jax import _classification as losses
 from xent_jax import _closed_forms as cf
@@ -50,13 +53,17 @@ class CheckResult:
   note: str = ""
 
 
+# A check's computation: (rng, dtype) -> (max_error, tolerance).
+CheckFn = Callable[[np.random.Generator, DTypeLike], tuple[float, float]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Check:
   """A registered check: ``run(rng, dtype)`` returns ``(max_error, tolerance)``."""
 
   equation: str
   claim: str
-  run: Callable[[np.random.Generator, jnp.dtype], tuple[float, float]]
+  run: CheckFn
   note: str = ""
 
   def numbers(self) -> set[int]:
@@ -67,7 +74,7 @@ class Check:
     return found
 
 
-def error(a, b) -> float:
+def error(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
   """max |a - b| / (1 + |b|), where equal infinities agree and any other non-finite mismatch is inf."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   a, b = np.broadcast_arrays(a, b)
@@ -80,42 +87,44 @@ def error(a, b) -> float:
   return float(np.max(np.abs(a[finite] - b[finite]) / (1 + np.abs(b[finite]))))
 
 
-def violation(x) -> float:
+def violation(x: npt.ArrayLike) -> float:
   """How far an inequality ``x >= 0`` is broken (0 when it holds)."""
   return float(np.max(np.maximum(-np.asarray(x, np.float64), 0.0)))
 
 
-def ulps(dtype, n: float) -> float:
+def ulps(dtype: DTypeLike, n: float) -> float:
   return float(n * jnp.finfo(dtype).eps)
 
 
-def _simplex(rng, shape, dtype, zeros: bool = True) -> jax.Array:
+def _simplex(rng: np.random.Generator, shape: tuple[int, ...], dtype: DTypeLike, zeros: bool = True) -> jax.Array:
   w = rng.gamma(0.5, size=shape)
   if zeros:
     w[..., 0] = 0.0
   return jnp.asarray(w / w.sum(-1, keepdims=True), dtype)
 
 
-def _logits(rng, shape, dtype, scale=3.0) -> jax.Array:
+def _logits(rng: np.random.Generator, shape: tuple[int, ...], dtype: DTypeLike, scale: float = 3.0) -> jax.Array:
   return jnp.asarray(rng.normal(size=shape) * scale, dtype)
 
 
-def _f64(x) -> np.ndarray:
+def _f64(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
   return np.asarray(x, np.float64)
 
 
-def _np_log_softmax(z) -> np.ndarray:
-  z = _f64(z)
-  m = z.max(-1, keepdims=True)
-  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+def _np_log_softmax(z: npt.ArrayLike) -> npt.NDArray[np.float64]:
+  x = _f64(z)
+  # numpy types a reduction with keepdims as Any, hence the annotations.
+  shifted: npt.NDArray[np.float64] = x - x.max(-1, keepdims=True)
+  log_s: npt.NDArray[np.float64] = np.log(np.exp(shifted).sum(-1, keepdims=True))
+  return shifted - log_s
 
 
-def _np_nll(z, labels) -> np.ndarray:
+def _np_nll(z: npt.ArrayLike, labels: npt.ArrayLike) -> npt.NDArray[np.float64]:
   """-log softmax(z)[n, labels[n]] in float64, one per row."""
   return -np.take_along_axis(_np_log_softmax(z), np.asarray(labels)[:, None], axis=-1)[:, 0]
 
 
-def _np_xlogy(x, y) -> np.ndarray:
+def _np_xlogy(x: npt.ArrayLike, y: npt.ArrayLike) -> npt.NDArray[np.float64]:
   x, y = _f64(x), _f64(y)
   with np.errstate(divide="ignore", invalid="ignore"):
     return np.where(x == 0, 0.0, x * np.log(np.where(x == 0, 1.0, y)))
@@ -124,8 +133,8 @@ def _np_xlogy(x, y) -> np.ndarray:
 REGISTRY: list[Check] = []
 
 
-def check(equation: str, claim: str, note: str = ""):
-  def register(fn):
+def check(equation: str, claim: str, note: str = "") -> Callable[[CheckFn], CheckFn]:
+  def register(fn: CheckFn) -> CheckFn:
     REGISTRY.append(Check(equation, claim, fn, note))
     return fn
 
@@ -136,7 +145,7 @@ def check(equation: str, claim: str, note: str = ""):
 
 
 @check("4.2.1", "I(x) = -log_b p(x) in bits, nats and hartleys; I_2 = I_e / ln 2")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p = jnp.asarray(rng.uniform(1e-6, 1, size=N), dtype)
   errs = [error(info.self_information(p, base=b), -np.log(_f64(p)) / math.log(b or math.e)) for b in (2, None, 10)]
   errs.append(error(info.self_information(p, base=2), _f64(info.self_information(p)) / math.log(2)))
@@ -144,20 +153,20 @@ def _(rng, dtype):
 
 
 @check("4.2.2", "H(P) = -Σ p_i log p_i, with 0·log 0 = 0")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p = _simplex(rng, (N, C), dtype)
   return error(info.entropy(p), -_np_xlogy(p, p).sum(-1)), ulps(dtype, 4 * C)  # C terms of a few ulps
 
 
 @check("4.2.3", "H(P) = E_{x~P}[I(x)]")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p = _simplex(rng, (N, C), dtype)
   expectation = jnp.sum(jnp.where(p > 0, p * info.self_information(jnp.where(p > 0, p, 1)), 0), axis=-1)
   return error(info.entropy(p), expectation), ulps(dtype, 4 * C)
 
 
 @check("4.2.2–4.2.3", "0 ≤ H(P) ≤ log n; H = 0 iff one-hot, H = log n iff uniform (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p = _simplex(rng, (N, C), dtype)
   h = _f64(info.entropy(p))
   onehot = info.entropy(jnp.eye(C, dtype=dtype))
@@ -167,7 +176,7 @@ def _(rng, dtype):
 
 
 @check("4.2.2", "H is concave on the simplex: H(λP+(1-λ)Q) ≥ λH(P)+(1-λ)H(Q) (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   lam = jnp.asarray(rng.uniform(size=(N, 1)), dtype)
   gap = _f64(info.entropy(lam * p + (1 - lam) * q)) - _f64(
@@ -179,7 +188,7 @@ def _(rng, dtype):
 
 
 @check("4.2.4", "KL(P‖Q) = Σ p log(p/q): 0 where p = 0, +inf where q = 0 < p")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   reference = (_np_xlogy(p, p) - _np_xlogy(p, q)).sum(-1)
   inf_case = info.kl_divergence(jnp.asarray([0.5, 0.5], dtype), jnp.asarray([1.0, 0.0], dtype))
@@ -187,20 +196,20 @@ def _(rng, dtype):
 
 
 @check("4.2.5", "KL(P‖Q) = E_P[log p] - E_P[log q]")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   split = -info.entropy(p) + info.cross_entropy(p, q)
   return error(info.kl_divergence(p, q), split), ulps(dtype, 8 * C)
 
 
 @check("4.2.6", "Gibbs: KL(P‖Q) ≥ 0, = 0 iff P = Q")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   return max(violation(info.kl_divergence(p, q)), error(info.kl_divergence(p, p), 0.0)), ulps(dtype, 8 * C)
 
 
 @check("4.2.4", "KL is not symmetric: KL(P‖Q) ≠ KL(Q‖P) on a witness pair (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = jnp.asarray([0.5, 0.5], dtype), jnp.asarray([0.25, 0.75], dtype)
   forward = 0.5 * math.log(2) + 0.5 * math.log(2 / 3)
   backward = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
@@ -209,7 +218,7 @@ def _(rng, dtype):
 
 
 @check("4.2.7", "H(P,Q) = -Σ p log q = H(P) + KL(P‖Q)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   h_pq = info.cross_entropy(p, q)
   return max(
@@ -218,7 +227,7 @@ def _(rng, dtype):
 
 
 @check("4.2.8–4.2.9", "argmin_θ KL(P‖Q_θ) = argmin_θ H(P,Q_θ): equal gradients in θ")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, theta = _simplex(rng, (C,), dtype), _logits(rng, (C,), dtype)
   g_kl = jax.grad(lambda t: info.kl_divergence(p, jax.nn.softmax(t)))(theta)
   g_ce = jax.grad(lambda t: losses.softmax_cross_entropy(t, p))(theta)
@@ -226,7 +235,7 @@ def _(rng, dtype):
 
 
 @check("4.2.7", "H(P,Q) ≥ H(P), equality iff Q = P; H(P,Q) ≠ H(Q,P) (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype, zeros=False), _simplex(rng, (N, C), dtype, zeros=False)
   gap = _f64(info.cross_entropy(p, q)) - _f64(info.entropy(p))
   asym = np.abs(_f64(info.cross_entropy(p, q)) - _f64(info.cross_entropy(q, p)))
@@ -235,7 +244,7 @@ def _(rng, dtype):
 
 
 @check("4.2.10", "∂H(P,Q_θ)/∂θ by jax.grad = chain rule Jᵀ(-p/q)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, theta = _simplex(rng, (C,), dtype), _logits(rng, (C,), dtype)
   q = jax.nn.softmax(theta)
   chain = cf.softmax_jacobian(theta).T @ cf.cross_entropy_probability_gradient(q, p)
@@ -247,7 +256,7 @@ def _(rng, dtype):
 
 
 @check("4.2.11", "BCE from probabilities = BCE from logits = reference = 2-class CE")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, y = _logits(rng, (N,), dtype), jnp.asarray(rng.uniform(size=N), dtype)
   s = 1 / (1 + np.exp(-_f64(z)))
   reference = -(_f64(y) * np.log(s) + (1 - _f64(y)) * np.log1p(-s))
@@ -260,14 +269,14 @@ def _(rng, dtype):
 
 
 @check("4.2.12", "dataset NLL of a Bernoulli model = Σ_n BCE_n")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, y = jnp.asarray(rng.uniform(0.05, 0.95, size=N), dtype), jnp.asarray(rng.integers(0, 2, N), dtype)
   likelihood = np.prod(np.where(_f64(y) == 1, _f64(p), 1 - _f64(p)))
   return error(jnp.sum(losses.binary_cross_entropy(p, y)), -np.log(likelihood)), ulps(dtype, 4 * N)
 
 
 @check("4.2.13", "softmax sums to 1, preserves order, is shift invariant, also at |z| = 1e4")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z = _logits(rng, (N, C), dtype).at[0].multiply(3e3)
   s = jax.nn.softmax(z)
   order = np.argsort(_f64(z), -1)
@@ -281,7 +290,7 @@ def _(rng, dtype):
 
 
 @check("4.2.14", "attention softmax(QKᵀ/√d)V: row-stochastic, equals a float64 reference")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   q, k, v = (_logits(rng, (4, 6), dtype, 1.0) for _ in range(3))
   weights = jax.nn.softmax(q @ k.T / jnp.sqrt(jnp.asarray(6.0, dtype)), axis=-1)
   reference = np.exp(_np_log_softmax(_f64(q) @ _f64(k).T / math.sqrt(6))) @ _f64(v)
@@ -294,7 +303,7 @@ def _(rng, dtype):
 
 
 @check("4.2.15", "one-hot CE = integer-label CE = -log p̂_{c*}")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, labels = _logits(rng, (N, C), dtype), rng.integers(0, C, N)
   soft = losses.softmax_cross_entropy(z, jax.nn.one_hot(labels, C, dtype=dtype))
   hard = losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels))
@@ -303,20 +312,20 @@ def _(rng, dtype):
 
 
 @check("4.2.16", "L = -(1/N) Σ_n log p̂_{n,c_n}: the mean reduction")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, labels = _logits(rng, (N, C), dtype), rng.integers(0, C, N)
   mean = jnp.mean(losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels)))
   return error(mean, np.mean(_np_nll(z, labels))), ulps(dtype, 2 * C + N)
 
 
 @check("4.2.17", "the naive chain z → softmax → log → CE equals the fused loss where finite")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, p = _logits(rng, (N, C), dtype), _simplex(rng, (N, C), dtype)
   return error(cf.unfused_softmax_cross_entropy(z, p), losses.softmax_cross_entropy(z, p)), ulps(dtype, 8 * C)
 
 
 @check("4.2.18", "MSE on probabilities = reference; its gradient vanishes as p̂ saturates, CE's does not")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, p = _logits(rng, (N, C), dtype), _simplex(rng, (N, C), dtype)
   value = error(losses.mse_on_probabilities(z, p), ((_f64(p) - np.exp(_np_log_softmax(z))) ** 2).sum(-1))
   saturated = jnp.asarray([0.0, 30.0, 0.0], dtype)
@@ -329,7 +338,7 @@ def _(rng, dtype):
 
 
 @check("4.2.19–4.2.22", "BCE: ∂L/∂p̂ = -(y/p̂ - (1-y)/(1-p̂)), ∂p̂/∂z = p̂(1-p̂), ∂L/∂z = p̂ - y")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, y = _logits(rng, (N,), dtype), jnp.asarray(rng.uniform(size=N), dtype)
   p_hat = jax.nn.sigmoid(z)
   d_p = jax.grad(lambda q: jnp.sum(losses.binary_cross_entropy(q, y)))(p_hat)
@@ -346,14 +355,14 @@ def _(rng, dtype):
 
 
 @check("4.2.22", "sigmoid-MSE gradient: ∂(σ(z)-y)²/∂z = 2(p̂-y)p̂(1-p̂) (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, y = _logits(rng, (N,), dtype), jnp.asarray(rng.uniform(size=N), dtype)
   autodiff = jax.vmap(jax.grad(lambda z, y: (jax.nn.sigmoid(z) - y) ** 2))(z, y)
   return error(autodiff, cf.sigmoid_mse_gradient(z, y)), ulps(dtype, 16)
 
 
 @check("4.2.23–4.2.25", "L = -Σ p log p̂, ∂L/∂p̂_i = -p_i/p̂_i")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   p, q = _simplex(rng, (N, C), dtype), _simplex(rng, (N, C), dtype, zeros=False)
   autodiff = jax.grad(lambda q: jnp.sum(info.cross_entropy(p, q)))(q)
   return max(
@@ -363,7 +372,7 @@ def _(rng, dtype):
 
 
 @check("4.2.26–4.2.28", "softmax Jacobian: p̂_k(1-p̂_k) on the diagonal, -p̂_i p̂_k off it (jacfwd, jacrev)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z = _logits(rng, (C,), dtype)
   s = np.exp(_np_log_softmax(z))
   reference = np.diag(s) - np.outer(s, s)
@@ -379,20 +388,24 @@ def _(rng, dtype):
   "∂L/∂z = p̂·Σp - p: p̂ - p for one-hot and soft targets, fused loss in both modes vs closed form",
   note="seed corrected: p̂ - p needs Σp = 1; for unnormalised targets the gradient is p̂·Σp - p",
 )
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z = _logits(rng, (N, C), dtype)
+  fused = lambda z, p: jnp.sum(losses.softmax_cross_entropy(z, p))
+  chain = lambda z, p: jnp.sum(cf.unfused_softmax_cross_entropy(z, p))
   errs = []
   for p in (
     jax.nn.one_hot(rng.integers(0, C, N), C, dtype=dtype),
     _simplex(rng, (N, C), dtype),
     3 * _simplex(rng, (N, C), dtype),
   ):
-    fused_rev = jax.grad(lambda z: jnp.sum(losses.softmax_cross_entropy(z, p)))(z)
-    fused_fwd = jax.jacfwd(lambda z: jnp.sum(losses.softmax_cross_entropy(z, p)))(z)
-    chain = jax.jacfwd(lambda z: jnp.sum(cf.unfused_softmax_cross_entropy(z, p)))(z)
     reference = np.exp(_np_log_softmax(z)) * _f64(p).sum(-1, keepdims=True) - _f64(p)
-    closed = cf.softmax_cross_entropy_gradient(z, p)
-    errs += [error(g, reference) for g in (fused_rev, fused_fwd, chain, closed)]
+    grads = (
+      jax.grad(fused)(z, p),
+      jax.jacfwd(fused)(z, p),
+      jax.jacfwd(chain)(z, p),
+      cf.softmax_cross_entropy_gradient(z, p),
+    )
+    errs += [error(g, reference) for g in grads]
   return max(errs), ulps(dtype, 8 * C)
 
 
@@ -401,7 +414,7 @@ def _(rng, dtype):
   "J = diag(p̂) - p̂p̂ᵀ; rows and columns sum to 0; vᵀJv = Var_p̂(v) ≥ 0, so J is PSD",
   note="seed corrected: the seed calls J negative semi-definite; vᵀJv = Var ≥ 0 makes it positive semi-definite",
 )
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, v = _logits(rng, (C,), dtype), _logits(rng, (N, C), dtype, 1.0)
   jac = jax.jacfwd(jax.nn.softmax)(z)
   s = np.exp(_np_log_softmax(z))
@@ -420,7 +433,7 @@ def _(rng, dtype):
 
 
 @check("4.2.34", "saturation: the naive chain gives inf/NaN where the fused loss stays finite and exact")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   big = float(jnp.finfo(dtype).max) ** 0.5 * 2  # exp overflows far below this
   z = jnp.asarray([[big, 0.0, -big], [0.0, big, 1.0]], dtype)
   labels = jnp.asarray([1, 1])
@@ -431,7 +444,7 @@ def _(rng, dtype):
 
 
 @check("4.2.34", "exp overflows at z ≈ 88.72 in float32 and ≈ 709.78 in float64 (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   threshold = math.log(float(jnp.finfo(dtype).max))
   stated = {jnp.dtype(jnp.float32): 88.72, jnp.dtype(jnp.float64): 709.78}[jnp.dtype(dtype)]
   below = jnp.exp(jnp.asarray(threshold * (1 - ulps(dtype, 4)), dtype))
@@ -441,7 +454,7 @@ def _(rng, dtype):
 
 
 @check("4.2.35", "logsumexp(z) = M + log Σ e^{z-M}; finite for |z| up to the dtype's max")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z = _logits(rng, (N, C), dtype)
   m = _f64(z).max(-1)
   reference = m + np.log(np.exp(_f64(z) - m[:, None]).sum(-1))
@@ -451,7 +464,7 @@ def _(rng, dtype):
 
 
 @check("4.2.35", "online LogSumExp over vocabulary chunks (linear CE): value and ∂/∂h, ∂/∂W = float64 closed forms")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   h, w = _logits(rng, (N, 8), dtype, 1.0), _logits(rng, (8, 3 * C + 5), dtype, 1.0)
   labels = rng.integers(0, w.shape[1], N)
   z = _f64(h) @ _f64(w)
@@ -463,7 +476,7 @@ def _(rng, dtype):
 
 
 @check("4.2.36", "stable softmax equals the naive one where that is finite, and is finite everywhere")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z = _logits(rng, (N, C), dtype)
   naive = jnp.exp(z) / jnp.sum(jnp.exp(z), -1, keepdims=True)
   huge = jnp.asarray([float(jnp.finfo(dtype).max) / 2, 0.0, -1e4], dtype)
@@ -476,7 +489,7 @@ def _(rng, dtype):
   "fused L = logsumexp(z) - z_{c*} equals the float64 reference, also at |z| = 1e4",
   note="seed corrected: the fused form still computes exp(z_i - M); it avoids exp(z_i) unshifted",
 )
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, labels = _logits(rng, (N, C), dtype).at[0].multiply(3e3), rng.integers(0, C, N)
   reference = _np_nll(z, labels)
   scale = float(np.abs(_f64(z)).max())  # z_c - M is rounded at the scale of z
@@ -488,10 +501,15 @@ def _(rng, dtype):
 @check(
   "4.2.39–4.2.40", "fused gradient p̂ - 1{k=c*} (grad and jacfwd) equals the reference's; no N×C residual but the logits"
 )
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, labels = _logits(rng, (N, C), dtype), jnp.asarray(rng.integers(0, C, N))
-  fused = lambda z: losses.softmax_cross_entropy_with_integer_labels(z, labels)
-  unfused = lambda z: cf.unfused_softmax_cross_entropy(z, jax.nn.one_hot(labels, C, dtype=dtype))
+
+  def fused(z: jax.Array) -> jax.Array:
+    return losses.softmax_cross_entropy_with_integer_labels(z, labels)
+
+  def unfused(z: jax.Array) -> jax.Array:
+    return cf.unfused_softmax_cross_entropy(z, jax.nn.one_hot(labels, C, dtype=dtype))
+
   reference = jax.grad(lambda z: jnp.sum(unfused(z)))(z)
   grad_err = max(
     error(jax.grad(lambda z: jnp.sum(fused(z)))(z), reference),
@@ -507,7 +525,7 @@ def _(rng, dtype):
 
 
 @check("4.2.41–4.2.43", "log Π_n p̂_n = Σ_n log p̂_n; the MLE of a categorical is the empirical frequency")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, labels = _logits(rng, (N, C), dtype, 0.5), rng.integers(0, C, N)
   probs = np.exp(-_np_nll(z, labels))
   log_likelihood = -jnp.sum(losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels)))
@@ -518,10 +536,10 @@ def _(rng, dtype):
   return max(error(log_likelihood, np.log(np.prod(probs))), stationary), ulps(dtype, 4 * N)
 
 
-def _train(loss, params, steps: int, learning_rate: float):
+def _train(loss: Callable[[jax.Array], jax.Array], params: jax.Array, steps: int, learning_rate: float) -> jax.Array:
   opt = optax.sgd(learning_rate)
 
-  def step(carry, _):
+  def step(carry: tuple[jax.Array, Any], _: None) -> tuple[tuple[jax.Array, Any], None]:
     params, state = carry
     grads = jax.grad(loss)(params)
     updates, state = opt.update(grads, state)
@@ -532,7 +550,7 @@ def _train(loss, params, steps: int, learning_rate: float):
 
 
 @check("4.2.44–4.2.46", "training with CE and with -log-likelihood (optax SGD) reaches the same parameters")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   x, labels = jnp.asarray(rng.normal(size=(N, 3)), dtype), jnp.asarray(rng.integers(0, C, N))
   w0 = jnp.zeros((3, C), dtype)
   ce = lambda w: jnp.mean(losses.softmax_cross_entropy_with_integer_labels(x @ w, labels))
@@ -542,7 +560,7 @@ def _(rng, dtype):
 
 
 @check("4.2.44–4.2.46", "a bias-only model trained with CE converges to the log class frequencies (prose)")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   labels = jnp.asarray(rng.choice(4, size=64, p=[0.1, 0.2, 0.3, 0.4]))
   freq = np.bincount(np.asarray(labels), minlength=4) / 64
   loss = lambda b: jnp.mean(losses.softmax_cross_entropy_with_integer_labels(jnp.broadcast_to(b, (64, 4)), labels))
@@ -555,7 +573,7 @@ def _(rng, dtype):
 
 
 @check("4.2.47", "empirical risk R = (1/N) Σ_n L_n, the mean per-sample CE")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   z, labels = _logits(rng, (N, C), dtype), rng.integers(0, C, N)
   per_sample = losses.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels))
   reference = float(np.mean(_np_nll(z, labels)))
@@ -566,10 +584,10 @@ def _(rng, dtype):
 
 
 @check("4.4", "InfoNCE over similarity scores = integer-label CE on scores/τ with the positive's index")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   q, k = _logits(rng, (N, C), dtype, 1.0), _logits(rng, (N, C), dtype, 1.0)
-  unit = lambda x: _f64(x) / np.linalg.norm(_f64(x), axis=-1, keepdims=True)
-  scores = unit(q) @ unit(k).T / 0.2
+  q_unit, k_unit = (_f64(x) / np.linalg.norm(_f64(x), axis=-1, keepdims=True) for x in (q, k))
+  scores = q_unit @ k_unit.T / 0.2
   reference = _np_nll(scores, np.arange(N))
   via_ce = losses.softmax_cross_entropy_with_integer_labels(jnp.asarray(scores, dtype), jnp.arange(N))
   return max(error(contrastive.info_nce(q, k, temperature=0.2), reference), error(via_ce, reference)), ulps(
@@ -578,7 +596,7 @@ def _(rng, dtype):
 
 
 @check("4.4", "with τ = √d_k, InfoNCE = -log of the attention weight softmax(QKᵀ/√d_k) on the positive")
-def _(rng, dtype):
+def _(rng: np.random.Generator, dtype: DTypeLike) -> tuple[float, float]:
   q, k = _logits(rng, (N, C), dtype, 1.0), _logits(rng, (N, C), dtype, 1.0)
   weights = contrastive.attention_weights(q, k)
   loss = contrastive.info_nce(q, k, temperature=math.sqrt(C), normalize=False)
@@ -591,7 +609,7 @@ def _(rng, dtype):
 DTYPES = (jnp.float32, jnp.float64)
 
 
-def run_check(chk: Check, dtype, seed: int = 0) -> CheckResult:
+def run_check(chk: Check, dtype: DTypeLike, seed: int = 0) -> CheckResult:
   """Runs one check in one dtype (float64 under ``jax.enable_x64``).
 
   Matrix products run at full precision (GPUs default to TF32 for float32
@@ -613,7 +631,7 @@ def select(only: str | None = None) -> list[Check]:
   return [c for c in REGISTRY if only in c.equation]
 
 
-def run(only: str | None = None, dtypes: Sequence = DTYPES) -> list[CheckResult]:
+def run(only: str | None = None, dtypes: Sequence[DTypeLike] = DTYPES) -> list[CheckResult]:
   """Runs the registry (or the checks ``select(only)`` picks) in each dtype."""
   return [run_check(c, d) for c in select(only) for d in dtypes]
 
@@ -625,7 +643,7 @@ def covered_equations(checks: Sequence[Check] = REGISTRY) -> set[int]:
 def check_gradient(
   loss_fn: Callable[..., jax.Array],
   closed_form: Callable[..., jax.Array],
-  *args,
+  *args: ArrayLike,
   argnums: int = 0,
   jacobian: bool = False,
   equation: str = "user",
@@ -653,7 +671,8 @@ def check_gradient(
   Examples:
     >>> import jax, jax.numpy as jnp
     >>> from xent_jax import derivations
-    >>> row = derivations.check_gradient(lambda z: jnp.sum(jax.nn.softplus(z)), jax.nn.sigmoid, jnp.linspace(-3.0, 3.0, 7))
+    >>> softplus_sum = lambda z: jnp.sum(jax.nn.softplus(z))
+    >>> row = derivations.check_gradient(softplus_sum, jax.nn.sigmoid, jnp.linspace(-3.0, 3.0, 7))
     >>> row.passed
     True
   """

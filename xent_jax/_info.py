@@ -30,7 +30,7 @@ def _probabilities(p: jax.typing.ArrayLike, name: str) -> jax.Array:
   return _checks.nan_where(~(p >= 0), p)
 
 
-def _pair(p, q) -> tuple[jax.Array, jax.Array]:
+def _pair(p: jax.typing.ArrayLike, q: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
   return _checks.broadcast_pair(_probabilities(p, "p"), _probabilities(q, "q"), ("p", "q"))
 
 
@@ -49,7 +49,7 @@ xlogx = _limits.elementwise(_xlogx, lambda x: (jnp.where(x == 0, 0, jnp.log(jnp.
 _surprisal = _limits.elementwise(lambda p: -jnp.log(p), lambda p: (-_limits.ratio(jnp.ones_like(p), p),))
 
 
-def _reduce(terms: jax.Array, axis: Axis, where, base) -> jax.Array:
+def _reduce(terms: jax.Array, axis: Axis, where: jax.typing.ArrayLike | None, base: float | None) -> jax.Array:
   scale = _checks.log_base_scale(base)
   axes = _checks.normalize_axes(axis, terms.ndim)
   if where is not None:

@@ -12,6 +12,7 @@ under jit, vmap, and both autodiff modes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -19,14 +20,17 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+# A tangent handed to a ``custom_jvp`` rule defined with ``symbolic_zeros=True``.
+Tangent = jax.Array | SymbolicZero
 
-def tangent_sum(out: jax.Array, terms: Sequence[tuple[jax.Array | SymbolicZero, Callable[[], jax.Array]]]) -> jax.Array:
-  """Σ term() over the terms whose tangent is not a symbolic zero (0 of ``out``'s shape if none is).
+
+def tangent_sum(out: jax.Array, terms: Sequence[tuple[Tangent, Callable[[jax.Array], jax.Array]]]) -> jax.Array:
+  """Σ term(tangent) over the terms whose tangent is not a symbolic zero (0 of ``out``'s shape if none is).
 
   Rules defined with ``symbolic_zeros=True`` use it so that an argument that is
   not differentiated (labels, a default weight) costs nothing.
   """
-  kept = [term() for tangent, term in terms if not isinstance(tangent, SymbolicZero)]
+  kept = [term(tangent) for tangent, term in terms if not isinstance(tangent, SymbolicZero)]
   return sum(kept[1:], kept[0]) if kept else jnp.zeros_like(out)
 
 
@@ -60,12 +64,16 @@ def _softplus_factors(x: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]
   return _factors(xsoftplus(u, x))
 
 
-def _softplus_factors_jvp(primals, tangents):
+def _softplus_factors_jvp(
+  primals: tuple[jax.Array, jax.Array], tangents: tuple[Tangent, Tangent]
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
   x, u = primals
   dx, du = tangents
   a, b = _softplus_factors(x, u)
   # d(a·b) = u σ(x) dx + softplus(x) du, carried by a alone (b is piecewise constant).
-  da = tangent_sum(a, [(dx, lambda: u * jax.nn.sigmoid(x) / b * dx), (du, lambda: softplus_product(x, 1 / b, du))])
+  da = tangent_sum(
+    a, [(dx, lambda dx: u * jax.nn.sigmoid(x) / b * dx), (du, lambda du: softplus_product(x, 1 / b, du))]
+  )
   return (a, b), (da, jnp.zeros_like(b))
 
 
@@ -87,23 +95,26 @@ def softplus_product(x: jax.Array, u: jax.Array, t: jax.Array) -> jax.Array:
     >>> import jax.numpy as jnp
     >>> from xent_jax import _limits
     >>> jnp.set_printoptions(precision=4)
-    >>> print(_limits.softplus_product(jnp.array([jnp.inf, jnp.inf, 0.0]), jnp.array([1.0, 0.0, 2.0]), jnp.array([-1.0, 1.0, 1.0])))
+    >>> a, b, z = jnp.array([jnp.inf, jnp.inf, 0.0]), jnp.array([1.0, 0.0, 2.0]), jnp.array([-1.0, 1.0, 1.0])
+    >>> print(_limits.softplus_product(a, b, z))
     [  -inf 0.     1.3863]
   """
   a, b = _softplus_factors(x, u)
   return (t * a) * b
 
 
-def _softplus_product_jvp(primals, tangents):
+def _softplus_product_jvp(
+  primals: tuple[jax.Array, jax.Array, jax.Array], tangents: tuple[Tangent, Tangent, Tangent]
+) -> tuple[jax.Array, jax.Array]:
   x, u, t = primals
   dx, du, dt = tangents
   out = softplus_product(x, u, t)
   return out, tangent_sum(
     out,
     [
-      (dx, lambda: u * t * jax.nn.sigmoid(x) * dx),
-      (du, lambda: softplus_product(x, t, du)),
-      (dt, lambda: softplus_product(x, u, dt)),
+      (dx, lambda dx: u * t * jax.nn.sigmoid(x) * dx),
+      (du, lambda du: softplus_product(x, t, du)),
+      (dt, lambda dt: softplus_product(x, u, dt)),
     ],
   )
 
@@ -122,9 +133,11 @@ def elementwise(
   """
   f = jax.custom_jvp(value)
 
-  def jvp(primals, tangents):
+  def jvp(primals: tuple[jax.Array, ...], tangents: tuple[Tangent, ...]) -> tuple[jax.Array, jax.Array]:
     out = f(*primals)
-    return out, tangent_sum(out, [(t, lambda g=g, t=t: scale(g, t)) for g, t in zip(partials(*primals), tangents)])
+    return out, tangent_sum(
+      out, [(t, functools.partial(scale, g)) for g, t in zip(partials(*primals), tangents, strict=True)]
+    )
 
   f.defjvp(jvp, symbolic_zeros=True)
   return f

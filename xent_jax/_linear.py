@@ -34,16 +34,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from xent_jax import _checks, _core
 from xent_jax._core import ClassAxis
 from xent_jax._fused import _fused_loss
 
 ArrayLike = jax.typing.ArrayLike
+# A block's first index: a Python int, or traced inside a loop.
+Start = int | jax.Array
+Carry = TypeVar("Carry")
 
 # Bytes of float32 logits one block may hold; the block's other temporaries
 # (p̂ and G) are of the same order.
@@ -77,7 +81,7 @@ def _block_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int] | No
   return max(1, min(tokens, _BLOCK_BYTES // (4 * classes))), classes
 
 
-def _walk(length: int, block: int, body: Callable, carry):
+def _walk(length: int, block: int, body: Callable[[Start, int, Carry], Carry], carry: Carry) -> Carry:
   """``body(start, size, carry)`` over [0, length) in blocks: a loop over the full blocks, then the remainder."""
   full, rest = divmod(length, block)
   if full > 1:
@@ -94,19 +98,19 @@ def _varying_like(x: jax.Array, *like: jax.Array) -> jax.Array:
   return jax.lax.pcast(x, axes, to="varying") if axes else x
 
 
-def _full(shape, value, dtype, *like: jax.Array) -> jax.Array:
+def _full(shape: tuple[int, ...], value: float, dtype: DTypeLike, *like: jax.Array) -> jax.Array:
   """A loop's initial carry filled with ``value`` (see ``_varying_like``)."""
   return _varying_like(jnp.full(shape, value, dtype), *like)
 
 
-def _varying_axes(x: jax.Array) -> frozenset:
+def _varying_axes(x: jax.Array) -> frozenset[str]:
   """The manual mesh axes ``x`` varies over (``typeof(x).vma`` in older JAX)."""
   aval = jax.typeof(x)
   manual = getattr(aval, "manual_axis_type", None)
   return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
 
 
-def _slice(x, start, size, axis):
+def _slice(x: jax.Array, start: Start, size: int, axis: int) -> jax.Array:
   """``x[start:start + size]`` along ``axis`` inside a loop.
 
   The barrier makes ``x`` a value of the loop body. Otherwise XLA:CPU, which
@@ -117,13 +121,13 @@ def _slice(x, start, size, axis):
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=axis)
 
 
-def _matmul(a, b, dtype, contract=(1, 0)):
+def _matmul(a: jax.Array, b: jax.Array, dtype: DTypeLike, contract: tuple[int, int] = (1, 0)) -> jax.Array:
   """a·b over axis ``contract[0]`` of a and ``contract[1]`` of b, accumulated and returned in ``dtype``;
   the operands keep their dtypes (a bf16·f32 product is computed in float32)."""
   return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=dtype)
 
 
-def _logits(h, w, opts):
+def _logits(h: jax.Array, w: jax.Array, opts: _Options) -> tuple[jax.Array, jax.Array | None]:
   """Block logits h @ w in float32 (or wider), soft-capped, and d(cap)/dz (None without a cap)."""
   z = _matmul(h, w, _checks.compute_dtype(h.dtype, w.dtype))
   if opts.softcap is None:
@@ -132,12 +136,12 @@ def _logits(h, w, opts):
   return opts.softcap * t, 1 - jnp.square(t)
 
 
-def _shifted_labels(labels, start):
+def _shifted_labels(labels: jax.Array, start: Start) -> jax.Array:
   """Labels relative to a block whose first class is ``start`` (the shard's offset included)."""
   return labels - jnp.asarray(start).astype(labels.dtype)
 
 
-def _logit_at_label(z, block_labels):
+def _logit_at_label(z: jax.Array, block_labels: jax.Array) -> jax.Array:
   """z[n, label_n] for the tokens whose label falls in this block, 0 for the others."""
   width = z.shape[-1]
   inside = (block_labels >= 0) & (block_labels < width)
@@ -154,7 +158,7 @@ class _Stats(NamedTuple):
   sum_z: jax.Array
 
 
-def _merge(stats: _Stats, z, block_labels, opts) -> _Stats:
+def _merge(stats: _Stats, z: jax.Array, block_labels: jax.Array, opts: _Options) -> _Stats:
   """The statistics updated with one block of logits (online LogSumExp, Eq. 4.2.35)."""
   m = jnp.maximum(stats.m, jnp.max(z, axis=-1))
   s = stats.s * jnp.exp(stats.m - m) + jnp.sum(jnp.exp(z - m[:, None]), axis=-1)
@@ -168,21 +172,24 @@ def _combine(stats: _Stats, class_axis: ClassAxis) -> _Stats:
   if class_axis.axis_name is None:
     return stats
   m = class_axis.max(stats.m[:, None])[:, 0]
-  total = lambda x: class_axis.sum(x[:, None])[:, 0]
+
+  def total(x: jax.Array) -> jax.Array:
+    return class_axis.sum(x[:, None])[:, 0]
+
   return _Stats(m, total(stats.s * jnp.exp(stats.m - m)), total(stats.label_logit), total(stats.sum_z))
 
 
-def _statistics(opts, h, w, labels) -> _Stats:
+def _statistics(opts: _Options, h: jax.Array, w: jax.Array, labels: jax.Array) -> _Stats:
   """Per-token statistics over the blocks of the vocabulary (and of the tokens)."""
   n, local = h.shape[0], w.shape[1]
   labels = _shifted_labels(labels, opts.class_axis.offset(local))
 
-  def chunk(col, width, stats):
-    def block(row, height, stats):
+  def chunk(col: Start, width: int, stats: _Stats) -> _Stats:
+    def block(row: Start, height: int, stats: _Stats) -> _Stats:
       z, _ = _logits(_slice(h, row, height, 0), _slice(w, col, width, 1), opts)
       rows = [jax.lax.dynamic_slice_in_dim(x, row, height) for x in (*stats, labels)]
       new = _merge(_Stats(*rows[:4]), z, _shifted_labels(rows[4], col), opts)
-      return _Stats(*(jax.lax.dynamic_update_slice_in_dim(x, v, row, 0) for x, v in zip(stats, new)))
+      return _Stats(*(jax.lax.dynamic_update_slice_in_dim(x, v, row, 0) for x, v in zip(stats, new, strict=True)))
 
     return _walk(n, opts.token_block, block, stats)
 
@@ -191,14 +198,22 @@ def _statistics(opts, h, w, labels) -> _Stats:
   return _combine(_walk(local, opts.vocab_chunk, chunk, init), opts.class_axis)
 
 
-def _losses(opts, stats: _Stats, rows: _core.Rows, vocab) -> jax.Array:
+def _losses(opts: _Options, stats: _Stats, rows: _core.Rows, vocab: int) -> jax.Array:
   """Per-token loss from the statistics (the mathematics is ``_core.loss``)."""
   lse = stats.m + jnp.log(stats.s)
   smooth = lse - stats.sum_z / vocab if opts.ce.label_smoothing else None
   return _core.loss(rows, opts.ce, jnp.log(stats.s) - (stats.label_logit - stats.m), lse, smooth)
 
 
-def _dlogits(z, dcap, block_labels, m, log_s, factors: _core.Factors, vocab):
+def _dlogits(
+  z: jax.Array,
+  dcap: jax.Array | None,
+  block_labels: jax.Array,
+  m: jax.Array,
+  log_s: jax.Array,
+  factors: _core.Factors,
+  vocab: int,
+) -> jax.Array:
   """G = ∂L/∂z for one block, p̂·softmax - e_c·label - spread/V (times d(cap)/dz), in float32."""
   p_hat = jnp.exp((z - m[:, None]) - log_s[:, None])
   classes = jax.lax.broadcasted_iota(block_labels.dtype, z.shape, 1)
@@ -208,13 +223,26 @@ def _dlogits(z, dcap, block_labels, m, log_s, factors: _core.Factors, vocab):
   return g if dcap is None else g * dcap
 
 
-def _per_token_forward(opts, h, w, labels, keep):
+def _per_token_forward(
+  opts: _Options, h: jax.Array, w: jax.Array, labels: jax.Array, keep: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   vocab = opts.class_axis.size(w.shape[1])
   stats = _statistics(opts, h, w, labels)
   return _losses(opts, stats, _core.rows(labels, vocab, opts.ce, keep), vocab), (stats.m, jnp.log(stats.s))
 
 
-def _per_token_tangent(opts, h, w, labels, keep, stats, dh, dw, dlabels, dkeep):
+def _per_token_tangent(
+  opts: _Options,
+  h: jax.Array,
+  w: jax.Array,
+  labels: jax.Array,
+  keep: jax.Array,
+  stats: tuple[jax.Array, jax.Array],
+  dh: jax.Array | None,
+  dw: jax.Array | None,
+  dlabels: None,
+  dkeep: None,
+) -> jax.Array:
   """Σ_k G_k ż_k per token, ż = ḣ W + h Ẇ, over the blocks (linear in ḣ, Ẇ).
 
   Each block's body is under ``jax.checkpoint``, so the transpose (reverse
@@ -236,7 +264,7 @@ def _per_token_tangent(opts, h, w, labels, keep, stats, dh, dw, dlabels, dkeep):
   h_t = None if dw is None else jax.lax.optimization_barrier(h.astype(dtype).T)
 
   @functools.partial(jax.checkpoint, static_argnums=(1,))
-  def chunk(col, width, carry):
+  def chunk(col: Start, width: int, carry: tuple[jax.Array | None, jax.Array]) -> tuple[jax.Array | None, jax.Array]:
     # Ẇ passes through the barrier with the loop's carry, as the classifier
     # does in ``_slice``: no float32 copy of a bf16 Ẇ hoisted out of the loop.
     dw, out = jax.lax.optimization_barrier(carry)
@@ -245,16 +273,20 @@ def _per_token_tangent(opts, h, w, labels, keep, stats, dh, dw, dlabels, dkeep):
       dw_chunk = dw_chunk.astype(dtype)
 
     @functools.partial(jax.checkpoint, static_argnums=(1,))
-    def block(row, height, out):
+    def block(row: Start, height: int, out: jax.Array) -> jax.Array:
       h_rows, w_cols = _slice(h, row, height, 0), _slice(w, col, width, 1)
       z, dcap = _logits(h_rows, w_cols, opts)
-      rows = lambda x: jax.lax.dynamic_slice_in_dim(x, row, height)
-      f = _core.Factors(*(None if x is None else rows(x) for x in factors))
+
+      def rows(x: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice_in_dim(x, row, height)
+
+      spread = None if factors.spread is None else rows(factors.spread)
+      f = _core.Factors(rows(factors.softmax), rows(factors.label), spread, rows(factors.scale))
       g = _dlogits(z, dcap, _shifted_labels(rows(labels), col), rows(m), rows(log_s), f, vocab)
-      dz = 0
+      dz: jax.Array | int = 0
       if dh is not None:
         dz = dz + _matmul(rows(dh), w_cols, dtype)
-      if dw_chunk is not None:
+      if dw_chunk is not None and h_t is not None:
         dz = dz + _matmul(jax.lax.dynamic_slice_in_dim(h_t, row, height, 1), dw_chunk, dtype, (0, 0))
       return jax.lax.dynamic_update_slice_in_dim(out, rows(out) + jnp.sum(g * dz, axis=-1), row, 0)
 
@@ -271,9 +303,12 @@ def _per_token_tangent(opts, h, w, labels, keep, stats, dh, dw, dlabels, dkeep):
 _per_token = _fused_loss(_per_token_forward, _per_token_tangent)
 
 
-def _reduce(losses, rows: _core.Rows, reduction: str, batch_axes: tuple[str, ...]) -> jax.Array:
+def _reduce(losses: jax.Array, rows: _core.Rows, reduction: str, batch_axes: tuple[str, ...]) -> jax.Array:
   """The per-token losses summed, or averaged over the counted tokens, over every device of the batch axes."""
-  over_devices = lambda x: jax.lax.psum(x, batch_axes) if batch_axes else x
+
+  def over_devices(x: jax.Array) -> jax.Array:
+    return jax.lax.psum(x, batch_axes) if batch_axes else x
+
   total = over_devices(jnp.sum(losses))
   if reduction == "sum":
     return total
@@ -281,15 +316,19 @@ def _reduce(losses, rows: _core.Rows, reduction: str, batch_axes: tuple[str, ...
   return jnp.where(count > 0, total / jnp.maximum(count, 1), 0)
 
 
-def _chunk_size(value) -> int | tuple[int, int] | None:
+def _positive(x: object) -> bool:
+  """Whether ``x`` is a Python int of at least 1 (not a bool)."""
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+def _chunk_size(value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
   """``chunk_size`` checked: None, a positive int or a pair of them."""
-  positive = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1
-  if value is None or positive(value) or (isinstance(value, tuple) and len(value) == 2 and all(map(positive, value))):
+  if value is None or _positive(value) or (isinstance(value, tuple) and len(value) == 2 and all(map(_positive, value))):
     return value
   raise ValueError(f"`chunk_size` must be a positive int, a pair of them (tokens, classes) or None, got {value!r}.")
 
 
-def _axis_names(value, name: str) -> tuple[str, ...]:
+def _axis_names(value: str | tuple[str, ...] | None, name: str) -> tuple[str, ...]:
   names = (value,) if isinstance(value, str) else tuple(value or ())
   if not all(isinstance(a, str) for a in names):
     raise TypeError(f"`{name}` must be a mesh axis name, a tuple of them or None, got {value!r}.")
@@ -380,7 +419,8 @@ def linear_cross_entropy(
     raise ValueError(f"`classifier` must have shape [D, V], got {w.shape}.")
   if w.shape[0] != h.shape[-1]:
     raise ValueError(
-      f"`classifier` has {w.shape[0]} rows but `embeddings` has width {h.shape[-1]}: expected [D, V] with D = {h.shape[-1]}."
+      f"`classifier` has {w.shape[0]} rows but `embeddings` has width {h.shape[-1]}:"
+      f" expected [D, V] with D = {h.shape[-1]}."
     )
   if labels.shape != h.shape[:-1]:
     raise ValueError(f"`labels` has shape {labels.shape}; expected the embeddings' leading shape {h.shape[:-1]}.")

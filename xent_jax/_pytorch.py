@@ -86,8 +86,7 @@ def cross_entropy(
     raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
   if not isinstance(axis, int):
     raise TypeError(f"`axis` must be a single int (one class axis, as in PyTorch), got {axis!r}.")
-  options = _core.options(label_smoothing=label_smoothing, ignore_index=ignore_index)
-  ignore_index, eps = options.ignore_index, options.label_smoothing
+  eps = _core.options(label_smoothing=label_smoothing, ignore_index=ignore_index).label_smoothing
   logits = _checks.as_floating(logits, "logits")
   target = jnp.asarray(target)
   if weight is not None:
@@ -114,7 +113,9 @@ def cross_entropy(
   return jnp.where(denominator != 0, total / jnp.where(denominator != 0, denominator, 1), 0)
 
 
-def _probability_targets(logits, target, weight, ignore_index, eps, axis):
+def _probability_targets(
+  logits: jax.Array, target: jax.Array, weight: jax.Array | None, ignore_index: int, eps: float, axis: int
+) -> jax.Array:
   """Per-element loss for probability targets: soft CE of w·((1-ε)p + ε/C)."""
   if ignore_index != -100:
     raise ValueError(
@@ -122,13 +123,13 @@ def _probability_targets(logits, target, weight, ignore_index, eps, axis):
     )
   if target.shape != logits.shape:
     raise ValueError(f"`target` of probabilities must have the logits' shape {logits.shape}, got {target.shape}.")
-  axis = _checks.normalize_axes(axis, logits.ndim)[0]
-  num_classes = logits.shape[axis]
+  class_axis = _checks.normalize_axes(axis, logits.ndim)[0]
+  num_classes = logits.shape[class_axis]
   dtype = _checks.compute_dtype(logits.dtype, target.dtype)
   p = target.astype(dtype)
   p = _checks.nan_where(p < 0, p)  # smoothing must not hide a negative probability
   if eps:
     p = (1 - eps) * p + eps / num_classes
   if weight is not None:
-    p = p * jnp.expand_dims(weight.astype(dtype), tuple(a for a in range(logits.ndim) if a != axis))
+    p = p * jnp.expand_dims(weight.astype(dtype), tuple(a for a in range(logits.ndim) if a != class_axis))
   return softmax_cross_entropy(logits, p, axis)

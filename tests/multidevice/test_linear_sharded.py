@@ -6,7 +6,6 @@ Values, gradients and tangents equal the single-device ones within 1e-5.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P

@@ -85,7 +85,7 @@ def test_axis_name_integer_labels(name):
 
   extra = [a for a in (where, weights) if a is not None]
   single = lambda z: jnp.sum(U * local(z, *extra))
-  specs = (P(None, "x"),) + tuple(P(None, "x") if a.ndim == 2 else P("x") for a in extra)
+  specs = (P(None, "x"), *(P(None, "x") if a.ndim == 2 else P("x") for a in extra))
   mapped = jax.shard_map(functools.partial(local, axis_name="x"), mesh=_mesh("Auto"), in_specs=specs, out_specs=P())
   sharded = lambda z: jnp.sum(U * mapped(z, *extra))
   _close(jax.value_and_grad(sharded)(Z), jax.value_and_grad(single)(Z))
@@ -138,19 +138,19 @@ def test_data_parallel_with_replicated_options(name):
   its gradients (the replicated inputs' summed over the devices) and its forward-mode
   derivative equal one device; the logits' gradient taken inside shard_map too."""
   fn, options, specs = DATA_PARALLEL[name]
-  argnums = tuple(i for i, a in enumerate((Z, U) + options) if a.dtype == np.float32)
+  argnums = tuple(i for i, a in enumerate((Z, U, *options)) if a.dtype == np.float32)
   total = lambda *a: jnp.sum(fn(*a))
   mapped = jax.shard_map(
-    lambda *a: jax.lax.psum(total(*a), "x"), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P()
+    lambda *a: jax.lax.psum(total(*a), "x"), mesh=_mesh("Auto"), in_specs=(P("x"), P("x"), *specs), out_specs=P()
   )
-  args = (Z, U) + options
+  args = (Z, U, *options)
   _close(jax.value_and_grad(mapped, argnums)(*args), jax.value_and_grad(total, argnums)(*args))
   tangent = np.ones_like(Z)
   _close(
     jax.jvp(lambda z: mapped(z, *args[1:]), (Z,), (tangent,)), jax.jvp(lambda z: total(z, *args[1:]), (Z,), (tangent,))
   )
   inside = jax.shard_map(
-    lambda *a: jax.grad(total)(*a), mesh=_mesh("Auto"), in_specs=(P("x"), P("x")) + specs, out_specs=P("x")
+    lambda *a: jax.grad(total)(*a), mesh=_mesh("Auto"), in_specs=(P("x"), P("x"), *specs), out_specs=P("x")
   )
   _close(inside(*args), jax.grad(total)(*args))
 
