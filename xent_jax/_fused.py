@@ -26,11 +26,13 @@ that share a replicated input) with no rule of ours.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+from jax.typing import DTypeLike
 
 from xent_jax import _checks, _core
 from xent_jax._core import ClassAxis
@@ -54,7 +56,9 @@ def _infinite_row(m: jax.Array) -> jax.Array:
   return m == jnp.finfo(m.dtype).max
 
 
-def _exp_shifted(logits: jax.Array, dtype, shift: jax.Array, mask: jax.Array | None, *, top: bool = False) -> jax.Array:
+def _exp_shifted(
+  logits: jax.Array, dtype: DTypeLike, shift: jax.Array, mask: jax.Array | None, *, top: bool = False
+) -> jax.Array:
   """exp(z - shift) per class in the compute dtype, 0 on masked classes; ``top`` lowers +inf
   logits first (see ``_finite_top``). The logits are converted inside the pass, so no upcast
   copy is stored."""
@@ -69,7 +73,7 @@ def _exp_shifted(logits: jax.Array, dtype, shift: jax.Array, mask: jax.Array | N
   return jnp.exp(y if mask is None else jnp.where(mask, y, -jnp.inf))
 
 
-def _row_max(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array:
+def _row_max(logits: jax.Array, dtype: DTypeLike, mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array:
   """M, the masked row max (Eq. 4.2.35) lowered to the dtype's max (0 for a row with no finite
   max); taken in the logits' own dtype, which is exact, so the pass reads them as they are."""
   m = class_axis.max(logits if mask is None else jnp.where(mask, logits, -jnp.inf)).astype(dtype)
@@ -77,7 +81,9 @@ def _row_max(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: Class
   return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
 
 
-def _max_shifted(logits: jax.Array, dtype, mask: jax.Array | None, class_axis: ClassAxis):
+def _max_shifted(
+  logits: jax.Array, dtype: DTypeLike, mask: jax.Array | None, class_axis: ClassAxis
+) -> tuple[jax.Array, jax.Array]:
   """(M, s) per row with M the masked row max and s = Σ exp(z - M) (Eq. 4.2.35)."""
   m = _row_max(logits, dtype, mask, class_axis)
   return m, class_axis.sum(_exp_shifted(logits, dtype, m, mask, top=True))
@@ -134,7 +140,15 @@ def _recomputed_exps(logits: jax.Array, mask: jax.Array | None, shift: jax.Array
   return _exp_shifted(logits, shift.dtype, shift, mask, top=True)
 
 
-def _fused_loss(forward, tangent, shares_exps=lambda logits: False):
+def _never(logits: jax.Array) -> bool:
+  return False
+
+
+def _fused_loss(
+  forward: Callable[..., tuple[jax.Array, Any]],
+  tangent: Callable[..., jax.Array],
+  shares_exps: Callable[[jax.Array], bool] = _never,
+) -> jax.custom_jvp[jax.Array]:
   """A custom_jvp of (options, logits, *arrays) from a forward and a tangent map.
 
   ``forward(options, logits, *arrays)`` returns (loss, row statistics);
@@ -146,18 +160,19 @@ def _fused_loss(forward, tangent, shares_exps=lambda logits: False):
   """
 
   @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-  def loss(options, logits: jax.Array, *arrays: jax.Array | None) -> jax.Array:
-    return forward(options, logits, *arrays)[0]
+  def loss(options: Any, logits: jax.Array, *arrays: jax.Array | None) -> jax.Array:
+    value: jax.Array = forward(options, logits, *arrays)[0]
+    return value
 
   remat = {share: jax.checkpoint(tangent, static_argnums=(0,), prevent_cse=not share) for share in (False, True)}
 
-  def jvp(options, primals, tangents):
+  def jvp(options: Any, primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
     value, stats = forward(options, *primals)
-    tangents = [None if isinstance(t, SymbolicZero) else t for t in tangents]
-    if all(t is None for t in tangents):
+    nonzero = [None if isinstance(t, SymbolicZero) else t for t in tangents]
+    if all(t is None for t in nonzero):
       return value, jnp.zeros_like(value)
     remat_tangent = remat[bool(shares_exps(primals[0]))]
-    return value, remat_tangent(options, *primals, stats, *tangents).astype(value.dtype)
+    return value, remat_tangent(options, *primals, stats, *nonzero).astype(value.dtype)
 
   loss.defjvp(jvp, symbolic_zeros=True)
   return loss
@@ -171,9 +186,9 @@ class IntegerOptions(NamedTuple):
 
 
 class _Label(NamedTuple):
-  """Where each row's label is in this shard: its index (clipped) and whether it is here."""
+  """Where each row's label is in this shard: its column (clipped) and whether it is here."""
 
-  index: jax.Array
+  column: jax.Array
   here: jax.Array | bool
 
 
@@ -198,10 +213,10 @@ def _pick_label(x: jax.Array, label: _Label, class_axis: ClassAxis) -> jax.Array
   output sharding is ambiguous: there it is a one-hot sum, partial per shard.
   """
   if _explicitly_sharded(x):
-    iota = jax.lax.broadcasted_iota(label.index.dtype, x.shape, x.ndim - 1)
-    picked = jnp.sum(jnp.where(iota == label.index[..., None], x, 0), axis=-1, keepdims=True)
+    iota = jax.lax.broadcasted_iota(label.column.dtype, x.shape, x.ndim - 1)
+    picked = jnp.sum(jnp.where(iota == label.column[..., None], x, 0), axis=-1, keepdims=True)
   else:
-    picked = jnp.take_along_axis(x, label.index[..., None], axis=-1)
+    picked = jnp.take_along_axis(x, label.column[..., None], axis=-1)
   if class_axis.axis_name is None:
     return picked
   return class_axis.sum(jnp.where(jnp.expand_dims(label.here, -1), picked, 0))
@@ -210,7 +225,7 @@ def _pick_label(x: jax.Array, label: _Label, class_axis: ClassAxis) -> jax.Array
 def _label_weight(weights: jax.Array, label: _Label, class_axis: ClassAxis) -> jax.Array:
   """w[label] per row, shape (..., 1) (linear in ``w``); with explicitly sharded labels the
   gather's output takes the labels' sharding."""
-  index = label.index
+  index = label.column
   if _explicitly_sharded(index):
     picked = weights.at[index].get(out_sharding=jax.typeof(index).sharding)
   else:
@@ -225,7 +240,14 @@ def _weights_row(weights: jax.Array, ndim: int) -> jax.Array:
   return weights.reshape((1,) * (ndim - 1) + weights.shape)
 
 
-def _smoothing_weights(weights, mask, dtype, class_axis: ClassAxis, local_classes: int, ndim: int):
+def _smoothing_weights(
+  weights: jax.Array | None,
+  mask: jax.Array | None,
+  dtype: DTypeLike,
+  class_axis: ClassAxis,
+  local_classes: int,
+  ndim: int,
+) -> jax.Array:
   """w/K on the allowed classes (1/K without weights), 0 on masked ones; K = #allowed."""
   w = jnp.ones((1,) * ndim, dtype) if weights is None else _weights_row(weights.astype(dtype), ndim)
   if mask is None:
@@ -239,7 +261,7 @@ def _smoothing_weights(weights, mask, dtype, class_axis: ClassAxis, local_classe
 _MAX_LABEL_SHIFTED_SUM = 2.0**64
 
 
-def _label_logit(logits: jax.Array, label: _Label, class_axis: ClassAxis, dtype) -> jax.Array:
+def _label_logit(logits: jax.Array, label: _Label, class_axis: ClassAxis, dtype: DTypeLike) -> jax.Array:
   """z_c per row, (..., 1), in the compute dtype.
 
   Gathered from a barrier'd view of the logits: a gather that shares the
@@ -249,7 +271,14 @@ def _label_logit(logits: jax.Array, label: _Label, class_axis: ClassAxis, dtype)
   return _pick_label(jax.lax.optimization_barrier(logits), label, class_axis).astype(dtype)
 
 
-def _label_shifted(logits, dtype, mask, z_c, matters, class_axis: ClassAxis):
+def _label_shifted(
+  logits: jax.Array,
+  dtype: DTypeLike,
+  mask: jax.Array | None,
+  z_c: jax.Array,
+  matters: jax.Array,
+  class_axis: ClassAxis,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(shift, s) with s = Σ exp(z - shift): shift = the label's logit z_c when that is finite for
   the batch, else the row max M (Eq. 4.2.35); and whether the label shift was taken.
 
@@ -284,7 +313,14 @@ class _IntegerRows(NamedTuple):
   spread: jax.Array | None  # the smoothing weights w/K, broadcastable to the logits
 
 
-def _integer_rows(options: IntegerOptions, logits, labels, weights, mask, dtype) -> _IntegerRows:
+def _integer_rows(
+  options: IntegerOptions,
+  logits: jax.Array,
+  labels: jax.Array,
+  weights: jax.Array | None,
+  mask: jax.Array | None,
+  dtype: DTypeLike,
+) -> _IntegerRows:
   class_axis, local = options.class_axis, logits.shape[-1]
   label = _locate(labels, local, class_axis)
   rows = _core.rows(labels, class_axis.size(local), options.ce, _rows_kept(mask, class_axis))
@@ -297,7 +333,12 @@ def _integer_rows(options: IntegerOptions, logits, labels, weights, mask, dtype)
   return _IntegerRows(label, rows, label_weight, spread)
 
 
-def _int_forward(options: IntegerOptions, logits, labels, weights, mask):
+_Stats = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def _int_forward(
+  options: IntegerOptions, logits: jax.Array, labels: jax.Array, weights: jax.Array | None, mask: jax.Array | None
+) -> tuple[jax.Array, _Stats]:
   dtype = _checks.compute_dtype(logits.dtype)
   class_axis = options.class_axis
   r = _integer_rows(options, logits, labels, weights, mask, dtype)
@@ -315,7 +356,9 @@ def _int_forward(options: IntegerOptions, logits, labels, weights, mask):
   return value[..., 0], (shift, s, safe)
 
 
-def _label_exps(logits, mask, label: _Label, class_axis: ClassAxis, shift, safe) -> jax.Array:
+def _label_exps(
+  logits: jax.Array, mask: jax.Array | None, label: _Label, class_axis: ClassAxis, shift: jax.Array, safe: jax.Array
+) -> jax.Array:
   """exp(z - shift) = p̂·s for the integer kernel; where ``_shares_exps``, the forward's expression
   (z_c's shift, or the max shift's behind a cond that the label shift passes through), so
   XLA computes them once."""
@@ -323,19 +366,31 @@ def _label_exps(logits, mask, label: _Label, class_axis: ClassAxis, shift, safe)
     return _recomputed_exps(logits, mask, shift)
   dtype = shift.dtype
   e = _exp_shifted(logits, dtype, _label_logit(logits, label, class_axis, dtype), mask)
-  # The pass-through as branch 0 (``~safe`` false): as branch 1 (written
+  # The pass-through is branch 0 (taken when ``~safe`` is false): as branch 1,
   # XLA:CPU kept e out of the gradient's buffer (an N×C temporary; measured).
-  return jax.lax.cond(~safe, lambda e: _exp_shifted(logits, dtype, shift, mask, top=True), lambda e: e, e)
+  exps: jax.Array = jax.lax.cond(~safe, lambda e: _exp_shifted(logits, dtype, shift, mask, top=True), lambda e: e, e)
+  return exps
 
 
-def _label_onehot(label: _Label, shape) -> jax.Array:
+def _label_onehot(label: _Label, shape: tuple[int, ...]) -> jax.Array:
   """1 at each row's label in this shard, 0 elsewhere (boolean, ``shape``)."""
-  iota = jax.lax.broadcasted_iota(label.index.dtype, shape, len(shape) - 1)
-  onehot = iota == label.index[..., None]
+  iota = jax.lax.broadcasted_iota(label.column.dtype, shape, len(shape) - 1)
+  onehot = iota == label.column[..., None]
   return onehot if label.here is True else onehot & jnp.expand_dims(label.here, -1)
 
 
-def _int_tangent(options: IntegerOptions, logits, labels, weights, mask, stats, dlogits, dlabels, dweights, dmask):
+def _int_tangent(
+  options: IntegerOptions,
+  logits: jax.Array,
+  labels: jax.Array,
+  weights: jax.Array | None,
+  mask: jax.Array | None,
+  stats: _Stats,
+  dlogits: jax.Array | None,
+  dlabels: jax.Array | None,
+  dweights: jax.Array | None,
+  dmask: jax.Array | None,
+) -> jax.Array:
   """dL = Σ_k (p̂_k·softmax - e_c·label - spread_k)·ż_k + Σ_i (∂L/∂w_i) ẇ_i per row."""
   del dlabels, dmask  # integer labels and boolean masks have no tangent
   shift, s, safe = stats
@@ -359,7 +414,7 @@ def _int_tangent(options: IntegerOptions, logits, labels, weights, mask, stats, 
       out = class_axis.sum((softmax * e - label) * dz)
     else:
       out = softmax * class_axis.sum(e * dz) - f.label * _pick_label(dz, r.label, class_axis)
-    if f.spread is not None:
+    if f.spread is not None and r.spread is not None:
       out = out - f.spread * class_axis.sum(r.spread * dz)
   if dweights is not None:
     # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i).
@@ -383,7 +438,14 @@ fused_integer_labels = _fused_loss(_int_forward, _int_tangent, _shares_exps)
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
 
 
-def _limit_loss(class_axis: ClassAxis, logits, labels, mask, m, log_s) -> jax.Array:
+def _limit_loss(
+  class_axis: ClassAxis,
+  logits: jax.Array,
+  labels: jax.Array,
+  mask: jax.Array | None,
+  m: jax.Array,
+  log_s: jax.Array,
+) -> jax.Array:
   """Σ p·(-log p̂) per row, (..., 1), with 0·∞ = 0 and the limits at ±inf logits.
 
   For the batches the plain sum cannot take (a -inf logit, a +inf row). In
@@ -415,7 +477,9 @@ class SoftOptions(NamedTuple):
   class_axis: ClassAxis = ClassAxis()
 
 
-def _soft_forward(options: SoftOptions, logits, labels, mask):
+def _soft_forward(
+  options: SoftOptions, logits: jax.Array, labels: jax.Array, mask: jax.Array | None
+) -> tuple[jax.Array, _Stats]:
   class_axis = options.class_axis
   dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
   m, s = _max_shifted(logits, dtype, mask, class_axis)
@@ -448,7 +512,7 @@ def _soft_forward(options: SoftOptions, logits, labels, mask):
   return loss, (m, s, jnp.isnan(loss)[..., None])
 
 
-def _targets(labels, mask, dtype):
+def _targets(labels: jax.Array, mask: jax.Array | None, dtype: DTypeLike) -> jax.Array:
   """The soft labels (or their tangent) in the compute dtype, 0 on masked classes."""
   p = labels.astype(dtype)
   return p if mask is None else jnp.where(mask, p, 0)
@@ -459,7 +523,8 @@ def _like_logits(labels: jax.Array, logits: jax.Array) -> jax.Array:
   so that the elementwise gradient needs no gather of either."""
   if not _explicitly_sharded(logits):
     return labels
-  return jax.sharding.reshard(labels, jax.typeof(logits).sharding)
+  resharded: jax.Array = jax.sharding.reshard(labels, jax.typeof(logits).sharding)
+  return resharded
 
 
 def _soft_exps(logits: jax.Array, mask: jax.Array | None, m: jax.Array) -> jax.Array:
@@ -470,7 +535,16 @@ def _soft_exps(logits: jax.Array, mask: jax.Array | None, m: jax.Array) -> jax.A
   return _exp_shifted(logits, m.dtype, m, mask, top=True)
 
 
-def _soft_tangent(options: SoftOptions, logits, labels, mask, stats, dlogits, dlabels, dmask):
+def _soft_tangent(
+  options: SoftOptions,
+  logits: jax.Array,
+  labels: jax.Array,
+  mask: jax.Array | None,
+  stats: _Stats,
+  dlogits: jax.Array | None,
+  dlabels: jax.Array | None,
+  dmask: jax.Array | None,
+) -> jax.Array:
   """dL = Σ_k (p̂_k Σp - p_k) ż_k + Σ_k (-log p̂_k) ṗ_k per row; NaN rows stay NaN."""
   del dmask
   m, s, bad = stats
