@@ -15,7 +15,7 @@ import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "_ext"))
 
-import xent_jax  # noqa: E402
+import xent_jax
 
 # sphinx-autodoc-typehints 3.6 calls an API Sphinx 10 removes; nothing here can change that.
 warnings.filterwarnings("ignore", "'sphinx_autodoc_typehints._parser", module="sphinx_autodoc_typehints")

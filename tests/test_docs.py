@@ -17,10 +17,10 @@ import types
 import jax
 import nbformat
 import pytest
-import test_derivations
 
 import xent_jax
 
+import test_derivations
 import test_notebooks
 
 ROOT = pathlib.Path(__file__).parents[1]

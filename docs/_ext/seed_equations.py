@@ -61,7 +61,10 @@ EQUATIONS = {
   ),
   10: (
     "The gradient of cross-entropy with respect to the model's parameters.",
-    r"\frac{\partial H(P, Q_\theta)}{\partial \theta} = \frac{\partial}{\partial \theta}\Big(-\sum_i p_i \log q_\theta(i)\Big)",
+    (
+      r"\frac{\partial H(P, Q_\theta)}{\partial \theta} = \frac{\partial}{\partial \theta}\Big(-\sum_i p_i \log"
+      r" q_\theta(i)\Big)"
+    ),
   ),
   11: (
     "Binary cross-entropy of a predicted probability p̂ against a label y in {0, 1}.",
@@ -119,7 +122,10 @@ EQUATIONS = {
   ),
   24: (
     "The chain rule through the softmax: every probability depends on every logit.",
-    r"\frac{\partial L}{\partial z_k} = \sum_{i=1}^C \frac{\partial L}{\partial \hat p_i} \cdot \frac{\partial \hat p_i}{\partial z_k}",
+    (
+      r"\frac{\partial L}{\partial z_k} = \sum_{i=1}^C \frac{\partial L}{\partial \hat p_i} \cdot \frac{\partial \hat"
+      r" p_i}{\partial z_k}"
+    ),
   ),
   25: (
     "The derivative of cross-entropy with respect to a predicted probability.",
@@ -127,7 +133,10 @@ EQUATIONS = {
   ),
   26: (
     "The entries of the softmax Jacobian.",
-    r"\frac{\partial \hat p_i}{\partial z_k} = \begin{cases} \hat p_k (1 - \hat p_k) & i = k \\ -\hat p_k \hat p_i & i \ne k \end{cases}",
+    (
+      r"\frac{\partial \hat p_i}{\partial z_k} = \begin{cases} \hat p_k (1 - \hat p_k) & i = k \\ -\hat p_k \hat p_i &"
+      r" i \ne k \end{cases}"
+    ),
   ),
   27: (
     "The diagonal entry, derived from the definition.",
@@ -136,7 +145,10 @@ EQUATIONS = {
   ),
   28: (
     "An off-diagonal entry, derived from the definition.",
-    r"\frac{\partial \hat p_i}{\partial z_k} = e^{z_i} \cdot \Big(-\frac{e^{z_k}}{(\sum_j e^{z_j})^2}\Big) = -\hat p_i \hat p_k \quad (i \ne k)",
+    (
+      r"\frac{\partial \hat p_i}{\partial z_k} = e^{z_i} \cdot \Big(-\frac{e^{z_k}}{(\sum_j e^{z_j})^2}\Big) = -\hat"
+      r" p_i \hat p_k \quad (i \ne k)"
+    ),
   ),
   29: (
     "Combining 4.2.25 and 4.2.26: the gradient is p̂ times the target's total mass, minus the target.",
@@ -153,7 +165,10 @@ EQUATIONS = {
   ),
   32: (
     "The softmax Jacobian as a matrix.",
-    r"J_{ik} = \frac{\partial \hat p_i}{\partial z_k} = \begin{cases} \hat p_k (1 - \hat p_k) & i = k \\ -\hat p_k \hat p_i & i \ne k \end{cases}",
+    (
+      r"J_{ik} = \frac{\partial \hat p_i}{\partial z_k} = \begin{cases} \hat p_k (1 - \hat p_k) & i = k \\ -\hat p_k"
+      r" \hat p_i & i \ne k \end{cases}"
+    ),
   ),
   33: (
     "The Jacobian is a diagonal matrix minus a rank-one outer product; its rows sum to 0.",
@@ -165,15 +180,24 @@ EQUATIONS = {
   ),
   35: (
     "The LogSumExp trick: factor out the maximum M = max_i z_i so that no exponential overflows.",
-    r"\log \sum_{i=1}^C \exp(z_i) = \log \Big(e^M \sum_{i=1}^C \exp(z_i - M)\Big) = M + \log \sum_{i=1}^C \exp(z_i - M)",
+    (
+      r"\log \sum_{i=1}^C \exp(z_i) = \log \Big(e^M \sum_{i=1}^C \exp(z_i - M)\Big) = M + \log \sum_{i=1}^C \exp(z_i -"
+      r" M)"
+    ),
   ),
   36: (
     "The stable softmax, with the maximum subtracted.",
-    r"\hat p_i = \frac{\exp(z_i)}{\sum_j \exp(z_j)} = \frac{\exp(z_i - M)}{\sum_j \exp(z_j - M)}, \qquad M = \max_k z_k",
+    (
+      r"\hat p_i = \frac{\exp(z_i)}{\sum_j \exp(z_j)} = \frac{\exp(z_i - M)}{\sum_j \exp(z_j - M)}, \qquad M = \max_k"
+      r" z_k"
+    ),
   ),
   37: (
     "The fused loss: no softmax is formed, only the LogSumExp and the true class's logit.",
-    r"L = -\log \hat p_{c^*} = -\log \frac{\exp(z_{c^*})}{\sum_j \exp(z_j)} = -\Big(z_{c^*} - \log \sum_j \exp(z_j)\Big)",
+    (
+      r"L = -\log \hat p_{c^*} = -\log \frac{\exp(z_{c^*})}{\sum_j \exp(z_j)} = -\Big(z_{c^*} - \log \sum_j"
+      r" \exp(z_j)\Big)"
+    ),
   ),
   38: (
     "The fused loss with the LogSumExp trick applied.",
@@ -201,7 +225,10 @@ EQUATIONS = {
   ),
   44: (
     "The likelihood of a classifier's labels.",
-    r"\mathcal{L}(\theta; \mathcal{D}) = \prod_{n=1}^N P(y^{(n)} \mid x^{(n)}; \theta) = \prod_{n=1}^N \hat p_{y^{(n)}}^{(n)}",
+    (
+      r"\mathcal{L}(\theta; \mathcal{D}) = \prod_{n=1}^N P(y^{(n)} \mid x^{(n)}; \theta) = \prod_{n=1}^N \hat"
+      r" p_{y^{(n)}}^{(n)}"
+    ),
   ),
   45: (
     "Its log-likelihood.",
@@ -209,11 +236,17 @@ EQUATIONS = {
   ),
   46: (
     "Minimising the negative log-likelihood is minimising the summed cross-entropy.",
-    r"\min_\theta \Big(-\sum_{n=1}^N \log \hat p_{y^{(n)}}^{(n)}\Big) = \min_\theta \sum_{n=1}^N \big(-\log \hat p_{y^{(n)}}^{(n)}\big)",
+    (
+      r"\min_\theta \Big(-\sum_{n=1}^N \log \hat p_{y^{(n)}}^{(n)}\Big) = \min_\theta \sum_{n=1}^N \big(-\log \hat"
+      r" p_{y^{(n)}}^{(n)}\big)"
+    ),
   ),
   47: (
     "The empirical risk is the mean per-example cross-entropy.",
-    r"R_{emp}(\theta) = \frac{1}{N} \sum_{n=1}^N L(y^{(n)}, \hat y^{(n)}; \theta), \qquad L(y, \hat y; \theta) = -\log \hat p_y^{(n)}",
+    (
+      r"R_{emp}(\theta) = \frac{1}{N} \sum_{n=1}^N L(y^{(n)}, \hat y^{(n)}; \theta), \qquad L(y, \hat y; \theta) ="
+      r" -\log \hat p_y^{(n)}"
+    ),
   ),
 }
 
@@ -221,14 +254,21 @@ INFONCE = (
   "The seed announces (section 4.4) that InfoNCE is the softmax cross-entropy over similarity scores,"
   " with the positive's index as the label, and that attention weights are the same softmax.",
   r"L_{\text{InfoNCE}} = -\log \frac{\exp(s(q, k^+) / \tau)}{\sum_j \exp(s(q, k_j) / \tau)},"
-  r" \qquad \tau = \sqrt{d_k},\ s(q, k) = q^T k:\ L = -\log \operatorname{Softmax}\Big(\frac{q K^T}{\sqrt{d_k}}\Big)_{k^+}",
+  r" \qquad \tau = \sqrt{d_k},\ s(q, k) = q^T k:"
+  r"\ L = -\log \operatorname{Softmax}\Big(\frac{q K^T}{\sqrt{d_k}}\Big)_{k^+}",
 )
 
 # number: the statement as checked, where the seed's is wrong or too narrow (see the module docstring).
 CORRECTED = {
-  29: r"\frac{\partial L}{\partial z_k} = \hat p_k \sum_{i=1}^C p_i - p_k \quad (= \hat p_k - p_k \text{ only when } \textstyle\sum_i p_i = 1)",
+  29: (
+    r"\frac{\partial L}{\partial z_k} = \hat p_k \sum_{i=1}^C p_i - p_k"
+    r" \quad (= \hat p_k - p_k \text{ only when } \textstyle\sum_i p_i = 1)"
+  ),
   30: r"\frac{\partial L}{\partial z_k} = \hat p_k \sum_i p_i - p_k",
   31: r"\frac{\partial L}{\partial z} = \hat p \sum_i p_i - p",
   33: r"J = \operatorname{diag}(\hat p) - \hat p \hat p^T \succeq 0, \qquad J \mathbf{1} = 0",
-  38: r"L = \log \sum_j \exp(z_j - M) + M - z_{c^*}: \text{ computes } \exp(z_j - M) \le 1, \text{ never an unshifted } \exp(z_j)",
+  38: (
+    r"L = \log \sum_j \exp(z_j - M) + M - z_{c^*}:"
+    r" \text{ computes } \exp(z_j - M) \le 1, \text{ never an unshifted } \exp(z_j)"
+  ),
 }

@@ -91,7 +91,7 @@ class PublicApi(SphinxDirective):
         entries += [f".. autofunction:: {name}.{public}", ""]
       else:
         entries += [f".. autodata:: {name}.{public}", "   :no-value:", ""]
-    return _rst(self, summary + [""] + entries)
+    return _rst(self, [*summary, "", *entries])
 
   @staticmethod
   def _reexport(module: str, public: str, obj) -> list[str]:
@@ -184,7 +184,7 @@ class Derivations(SphinxDirective):
     if [(r["equation"], r["claim"]) for r in report[::2]] != [(c.equation, c.claim) for c in checks]:
       raise self.error("the derivation report's rows do not match xent_jax.derivations.REGISTRY")
     pairs = [report[2 * i : 2 * i + 2] for i in range(len(checks))]
-    failed = [c.equation for c, pair in zip(checks, pairs) if not all(r["passed"] for r in pair)]
+    failed = [c.equation for c, pair in zip(checks, pairs, strict=True) if not all(r["passed"] for r in pair)]
     if failed:
       LOGGER.warning("derivation checks failed: %s", ", ".join(failed), location=self.get_location())
     covering = {k: [i for i, c in enumerate(checks) if k in c.numbers()] for k in range(1, 48)}
@@ -218,7 +218,8 @@ class Derivations(SphinxDirective):
       "=" * 80,
       "",
       f"{sum(r['passed'] for r in flat)} of {len(flat)} checks passed ({len(checks)} checks, each in float32 and"
-      f" float64), measured while these pages were built ({_platform()}). Errors are ``max |a - b| / (1 + |b|)``; each check's"
+      f" float64), measured while these pages were built ({_platform()}). Errors are ``max |a - b| / (1 + |b|)``;"
+      " each check's"
       " tolerance is a few ulps of the dtype times the length and conditioning of the computation.",
       "",
       ".. list-table::",
@@ -231,7 +232,7 @@ class Derivations(SphinxDirective):
       "     - float64 error",
       "     - status",
     ]
-    for i, (chk, pair) in enumerate(zip(checks, pairs)):
+    for i, (chk, pair) in enumerate(zip(checks, pairs, strict=True)):
       lines += [
         f"   * - {_equation_links(chk.equation)}",
         f"     - :ref:`{_escape(chk.claim)} <check-{i + 1}>`",
@@ -239,7 +240,7 @@ class Derivations(SphinxDirective):
         f"     - {_fmt(pair[1])}",
         f"     - {_status(pair)}",
       ]
-    return lines + [""]
+    return [*lines, ""]
 
   @staticmethod
   def _equation(k, claim, latex, checks, pairs, covering) -> list[str]:
@@ -250,7 +251,7 @@ class Derivations(SphinxDirective):
       notes = sorted({checks[i].note for i in covering if checks[i].note})
       lines += [".. admonition:: Corrected", "   :class: warning", ""]
       lines += [f"   {_escape(_sentence(note))}" for note in notes] + [""]
-      lines += ["   As checked:", ""] + _math(seed_equations.CORRECTED[k], "   ")
+      lines += ["   As checked:", "", *_math(seed_equations.CORRECTED[k], "   ")]
     lines += ["Checked by:", ""]
     for i in covering:
       pair = pairs[i]
@@ -258,7 +259,7 @@ class Derivations(SphinxDirective):
         f"- :ref:`{_escape(checks[i].claim)} <check-{i + 1}>` ({checks[i].equation}):"
         f" float32 {_fmt(pair[0])}, float64 {_fmt(pair[1])}, {_status(pair)}"
       ]
-    return lines + [""]
+    return [*lines, ""]
 
   @staticmethod
   def _checks(checks, pairs) -> list[str]:
@@ -270,7 +271,7 @@ class Derivations(SphinxDirective):
       " ``numpy.random.Generator`` and the dtype and returns the largest error and the tolerance it is held to.",
       "",
     ]
-    for i, (chk, pair) in enumerate(zip(checks, pairs)):
+    for i, (chk, pair) in enumerate(zip(checks, pairs, strict=True)):
       source = textwrap.dedent(inspect.getsource(chk.run))
       lines += [f".. _check-{i + 1}:", "", f"Check {i + 1}: {chk.equation}", "-" * 40, ""]
       lines += [f"{_escape(chk.claim)} (equations {_equation_links(chk.equation)})", ""]
@@ -326,7 +327,7 @@ def _link_numbers(text: str, role: str = ":ref:") -> str:
 
 def link_markdown_equations(app, docname: str, source: list[str]) -> None:
   """The same links in the Markdown pages (the guides), outside code blocks."""
-  if not app.env.doc2path(docname).suffix == ".md":
+  if app.env.doc2path(docname).suffix != ".md":
     return
   lines, fenced = source[0].split("\n"), False
   for i, line in enumerate(lines):
