@@ -1,10 +1,12 @@
 """Every notebook runs top to bottom in a fresh kernel (the `notebooks` extra installs what they need).
 
-The notebooks execute once per test session, two kernels at a time, in `executed()`; these tests check
-the results, and `tests/test_docs.py` renders the same executed notebooks instead of running them again.
+The notebooks execute once per test session, two kernels at a time, on a thread started when collection
+finishes (`start_in_background`); these tests check the results, and `tests/test_docs.py` renders the same
+executed notebooks instead of running them again.
 """
 
 import asyncio
+import concurrent.futures
 import functools
 import pathlib
 
@@ -17,8 +19,19 @@ TIMEOUT_S = 240  # per cell
 
 
 @functools.cache
+def start_in_background() -> concurrent.futures.Future:
+  """Starts executing the notebooks on a thread of their own (called from tests/conftest.py when the session's
+  collection finishes, so that the kernels run beside the in-process tests)."""
+  return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="notebooks").submit(_execute_all)
+
+
 def executed() -> dict[pathlib.Path, nbformat.NotebookNode | Exception]:
-  """Every notebook executed (or the exception that stopped it), two at a time."""
+  """Every notebook executed (or the exception that stopped it), two at a time; computed once per session."""
+  return start_in_background().result()
+
+
+def _execute_all() -> dict[pathlib.Path, nbformat.NotebookNode | Exception]:
+  """Executes every notebook in a fresh kernel, two kernels at a time."""
 
   async def execute(path: pathlib.Path, slots: asyncio.Semaphore):
     notebook = nbformat.read(path, as_version=4)
