@@ -36,7 +36,9 @@ STATIC = [
   ("scalar-logits", lambda: xent_jax.softmax_cross_entropy(np.float32(1.0), np.float32(1.0)), ValueError, "logits"),
   ("soft-label-shape", lambda: xent_jax.softmax_cross_entropy(Z, np.zeros((2, 4), np.float32)), ValueError, "labels"),
   ("axis", lambda: xent_jax.softmax_cross_entropy(Z, P, 2), ValueError, "axis"),
+  ("axis-type", lambda: xent_jax.softmax_cross_entropy_with_integer_labels(Z, Y, axis=1.0), TypeError, "axis"),
   ("where-shape", lambda: xent_jax.softmax_cross_entropy(Z, P, -1, np.ones((3, 3), bool)), ValueError, "where"),
+  ("kl-where-shape", lambda: xent_jax.kl_divergence(Z, P, where=np.ones(4, bool)), ValueError, "where"),
   (
     "bce-label-shape",
     lambda: xent_jax.sigmoid_binary_cross_entropy(Z[0], np.zeros(4, np.float32)),
@@ -113,6 +115,12 @@ STATIC = [
     "classifier",
   ),
   (
+    "classifier-empty",
+    lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 0), np.float32), Y),
+    ValueError,
+    "classifier",
+  ),
+  (
     "linear-labels-shape",
     lambda: xent_jax.linear_cross_entropy(E, np.zeros((4, 5), np.float32), Y[:1]),
     ValueError,
@@ -170,6 +178,7 @@ DATA = [
   ("negative-probability", _soft, (Z, P), (Z, np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.5]], np.float32))),
   ("ce-negative-probability", _torch, (Z, P), (Z, np.array([[1.0, 0.0, 0.0], [-0.5, 1.0, 0.5]], np.float32))),
   ("nan-logits", _int, (Z, Y), (Z_NAN, Y)),
+  ("all-logits-inf", _int, (Z, Y), (np.array([[0.0, 1.0, 2.0], [-np.inf] * 3], np.float32), Y)),
   ("nan-target", _soft, (Z, P), (Z, np.array([[1.0, 0.0, 0.0], [np.nan, 1.0, 0.0]], np.float32))),
   (
     "linear-label-out-of-range",

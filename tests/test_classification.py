@@ -485,3 +485,51 @@ class InfiniteLogitsTest(parameterized.TestCase):
   def test_smoothing_beside_an_infinite_logit_is_infinite(self):
     loss = xent_jax.softmax_cross_entropy_with_integer_labels(self.Z[:1], self.LABELS[:1], label_smoothing=0.1)
     np.testing.assert_array_equal(loss, [np.inf])
+
+
+class FullyMaskedRowTest(parameterized.TestCase):
+  """A row that `where` masks out entirely counts 0 with every option, in every derivative (its lse is -inf)."""
+
+  # Each option with each kind of mask, weighted or not, the masked row's logits finite or -inf (six of the 24
+  # combinations, each compiling seven functions).
+  @parameterized.parameters(
+    ({"z_loss": 1e-3}, False, "classes", -np.inf),
+    ({"z_loss": 1e-3}, True, "batch", 0.0),
+    ({"label_smoothing": 0.1}, True, "classes", -np.inf),
+    ({"label_smoothing": 0.1}, False, "batch", -np.inf),
+    ({"z_loss": 1e-3, "label_smoothing": 0.1}, True, "classes", 0.0),
+    ({"z_loss": 1e-3, "label_smoothing": 0.1}, True, "batch", -np.inf),
+  )
+  def test_zero_in_value_and_every_derivative(self, options, weighted, mask, masked_logits):
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(3, 5)).astype(np.float32)
+    z[1] = masked_logits
+    y = np.array([0, 3, 4])
+    w = rng.uniform(0.5, 2.0, size=5).astype(np.float32) if weighted else None
+    where = np.ones((3, 5), bool) if mask == "classes" else np.ones(3, bool)
+    where[1] = False
+    kept = np.array([0, 2])
+
+    def loss(z, w, where, y):
+      return xent_jax.softmax_cross_entropy_with_integer_labels(z, y, where=where, class_weights=w, **options)
+
+    total = jax.jit(lambda z, w, where, y: jnp.sum(loss(z, w, where, y)))
+    per_row = jax.jit(loss)(z, w, where, y)
+    self.assertEqual(float(per_row[1]), 0.0)
+    # The other rows are the loss of the batch without the masked row.
+    np.testing.assert_allclose(per_row[kept], jax.jit(loss)(z[kept], w, where[kept], y[kept]), rtol=1e-6)
+    argnums = (0, 1) if weighted else (0,)
+    grads = jax.jit(jax.grad(total, argnums))(z, w, where, y)
+    alone = jax.jit(jax.grad(total, argnums))(z[kept], w, where[kept], y[kept])
+    np.testing.assert_array_equal(grads[0][1], 0.0)
+    np.testing.assert_allclose(grads[0][kept], alone[0], rtol=1e-6, atol=1e-7)
+    if weighted:
+      np.testing.assert_allclose(grads[1], alone[1], rtol=1e-5, atol=1e-7)
+      jac_w = jax.jit(jax.jacfwd(loss, 1))(z, w, where, y)
+      np.testing.assert_array_equal(jac_w[1], 0.0)
+    jac_z = jax.jit(jax.jacfwd(loss))(z, w, where, y)
+    np.testing.assert_array_equal(jac_z[1], 0.0)
+    np.testing.assert_array_equal(jac_z[:, 1], 0.0)
+    hessian = jax.jit(jax.hessian(total))(z, w, where, y)
+    self.assertTrue(np.isfinite(hessian).all())
+    np.testing.assert_array_equal(hessian[1], 0.0)

@@ -52,7 +52,12 @@ def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
   ``None`` means all axes."""
   if axis is None:
     return tuple(range(ndim))
-  axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+  if isinstance(axis, (int, np.integer)):
+    axes: tuple[object, ...] = (axis,)
+  elif isinstance(axis, Sequence) and not isinstance(axis, str):
+    axes = tuple(axis)
+  else:
+    raise TypeError(f"`{name}` must be an int or a tuple of ints, got {axis!r}.")
   if not axes:
     raise ValueError(f"`{name}` must name at least one axis, got {axis!r}.")
   out = []

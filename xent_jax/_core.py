@@ -15,8 +15,9 @@ the soft-label loss of q = (1-ε) w_c e_c + (ε/K) w·allowed plus ζ lse², so
   ∂L/∂z = p̂ (Σq + 2ζ lse) - (1-ε) w_c e_c - (ε/K) w·allowed.
 
 The rules: a label outside [0, C) that is not the ignore index makes its row
-NaN (value and gradient, through arithmetic so ``checkify`` sees it); a row
-that is ignored or masked out by ``where`` counts 0 with gradient 0.
+NaN (value and gradient, through arithmetic so ``checkify`` sees it), and so
+does a row whose allowed logits are all -inf (``defined``); a row that is
+ignored or masked out by ``where`` counts 0 with gradient 0.
 """
 
 from __future__ import annotations
@@ -85,6 +86,24 @@ def rows(labels: jax.Array, num_classes: int, opts: Options, kept: jax.Array | b
   return Rows(valid, kept & ~ignored)
 
 
+def defined(rows: Rows, s: jax.Array) -> Rows:
+  """``rows`` with those whose allowed logits are all -inf marked invalid (s = Σ exp(z - M) = 0, shape
+  ``(..., 1)``: no softmax exists), so that such a row is NaN where it counts, its loss as optax's and its
+  gradient too, and 0 where it does not (every class masked)."""
+  return Rows(rows.valid & (s[..., 0] > 0), rows.counted)
+
+
+def log_total(s: jax.Array) -> jax.Array:
+  """log s for the gradient's row factors, and 0 for a row with s = 0.
+
+  Such a row's factors are 0 or NaN by ``defined``, so its log s is never
+  needed; with log 0 = -inf a 0 scale would meet a z-loss's 2ζ·lse or the
+  class weights' lse - z_c as 0·∞ = NaN, and the derivatives of log s at 0
+  would be infinite.
+  """
+  return jnp.log(jnp.where(s > 0, s, 1))
+
+
 def count(rows: Rows, dtype: jax.typing.DTypeLike) -> jax.Array:
   """How many rows count: the denominator of a mean over tokens."""
   return jnp.sum(rows.counted.astype(dtype))
@@ -149,5 +168,6 @@ def factors(
     spread = eps * scale
     softmax = softmax + spread * spread_total
   if opts.z_loss:
-    softmax = softmax + 2 * opts.z_loss * lse * scale
+    # lse of a row that does not count may be ±inf (every class masked): 0, not 0·∞.
+    softmax = softmax + 2 * opts.z_loss * jnp.where(counted, lse, 0) * scale
   return Factors(softmax, label, spread, scale)

@@ -346,13 +346,14 @@ def _int_forward(
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
   z_c = _label_logit(logits, r.label, class_axis, dtype)
   shift, s, safe = _label_shifted(logits, dtype, mask, z_c, r.rows.counted & r.rows.valid, class_axis)
+  rows = _core.defined(r.rows, s)
   log_s = jnp.log(s)
   label_nll = _neg_log_softmax(z_c, None, shift, log_s)
   smooth = None
   if r.spread is not None:
     nll = _neg_log_softmax(logits, mask, shift, log_s)
     smooth = class_axis.sum(jnp.where(r.spread != 0, r.spread * nll, 0))
-  value = _core.loss(r.rows, options.ce, label_nll, shift + log_s, smooth, r.label_weight)
+  value = _core.loss(rows, options.ce, label_nll, shift + log_s, smooth, r.label_weight)
   return value[..., 0], (shift, s, safe)
 
 
@@ -395,10 +396,10 @@ def _int_tangent(
   del dlabels, dmask  # integer labels and boolean masks have no tangent
   shift, s, safe = stats
   dtype, class_axis = shift.dtype, options.class_axis
-  log_s = jnp.log(s)
+  log_s = _core.log_total(s)
   r = _integer_rows(options, logits, labels, weights, mask, dtype)
   spread_total = None if r.spread is None else class_axis.sum(jnp.broadcast_to(r.spread, logits.shape))
-  f = _core.factors(r.rows, options.ce, shift + log_s, spread_total, r.label_weight)
+  f = _core.factors(_core.defined(r.rows, s), options.ce, shift + log_s, spread_total, r.label_weight)
   out = jnp.zeros_like(shift)
   if dlogits is not None:
     dz = dlogits.astype(dtype)
@@ -417,14 +418,17 @@ def _int_tangent(
     if f.spread is not None and r.spread is not None:
       out = out - f.spread * class_axis.sum(r.spread * dz)
   if dweights is not None:
-    # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i).
+    # ∂L/∂w_i = (1-ε) 1{i=c} (lse - z_c) + (ε/K) allowed_i (lse - z_i); 0 on
+    # a row that does not count, whose lse - z may be infinite (0·∞ in the
+    # transpose), so the coefficients are zeroed there, not the product.
     eps = options.ce.label_smoothing
     dw = dweights.astype(dtype)
+    counts = f.scale != 0  # NaN for a bad label: kept, and NaN
     label_nll = _neg_log_softmax(_label_logit(logits, r.label, class_axis, dtype), None, shift, log_s)
-    per_row = (1 - eps) * label_nll * _label_weight(dw, r.label, class_axis)
+    per_row = (1 - eps) * jnp.where(counts, label_nll, 0) * _label_weight(dw, r.label, class_axis)
     if eps:
       uniform = _smoothing_weights(None, mask, dtype, class_axis, logits.shape[-1], logits.ndim)
-      nll = _neg_log_softmax(logits, mask, shift, log_s)
+      nll = jnp.where(counts, _neg_log_softmax(logits, mask, shift, log_s), 0)
       per_row = per_row + eps * class_axis.sum(uniform * _weights_row(dw, logits.ndim) * nll)
     out = out + f.scale * per_row
   return out[..., 0]

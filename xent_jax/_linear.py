@@ -415,8 +415,8 @@ def linear_cross_entropy(
   labels = _checks.as_integer(labels, "labels")
   if h.ndim < 1:
     raise ValueError("`embeddings` must have shape [..., D], got a scalar.")
-  if w.ndim != 2:
-    raise ValueError(f"`classifier` must have shape [D, V], got {w.shape}.")
+  if w.ndim != 2 or w.shape[1] == 0:
+    raise ValueError(f"`classifier` must have shape [D, V] with V ≥ 1, got {w.shape}.")
   if w.shape[0] != h.shape[-1]:
     raise ValueError(
       f"`classifier` has {w.shape[0]} rows but `embeddings` has width {h.shape[-1]}:"
