@@ -229,6 +229,33 @@ class OptaxCompatibilityTest(parameterized.TestCase):
       chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-6, strict=True)
       self.assertTrue(np.isfinite(ours).all())
 
+  @parameterized.parameters(
+    ((3, 3), (3,)),  # N == C: a batch mask, as optax reads it (not a class mask)
+    ((2, 3, 4), (3,)),
+    ((2, 3, 4), (2, 3)),
+    ((4, 3), (4,)),
+  )
+  def test_lower_rank_where_read_as_optax_reads_it(self, shape, where_shape):
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=shape).astype(np.float32)
+    where = np.ones(where_shape, bool)
+    where[0] = False
+    p = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]).astype(np.float32)
+    labels = rng.integers(1, shape[-1], size=shape[:-1])
+    for ours_fn, theirs_fn, y in [
+      (xent_jax.softmax_cross_entropy, optax.losses.softmax_cross_entropy, p),
+      (
+        xent_jax.softmax_cross_entropy_with_integer_labels,
+        optax.losses.softmax_cross_entropy_with_integer_labels,
+        labels,
+      ),
+    ]:
+      try:
+        theirs = theirs_fn(z, y, where=where)
+      except (ValueError, TypeError):
+        continue  # optax raises; ours reads it as a batch mask of the leading axes or raises
+      chex.assert_trees_all_close(ours_fn(z, y, where=where), theirs, rtol=1e-5, atol=1e-6, strict=True)
+
   def test_safe_softmax_cross_entropy(self):
     logits = self.logits.copy()
     logits[..., 0] = -np.inf

@@ -144,7 +144,7 @@ class IntegerOptionsTest(chex.TestCase):
 
   def test_smoothing_with_where_keeps_masked_classes_at_zero(self):
     """ε/K on the K allowed classes: a -inf masked class keeps target 0 and the loss finite."""
-    where = np.array([True, True, False, True])
+    where = np.array([[True, True, False, True]])  # (1, C): a class mask (a rank-1 where would mask rows, as in optax)
     z = self.z.copy()
     z[:, 2] = -np.inf
     labels = np.array([0, 1, 3, 0, 1])

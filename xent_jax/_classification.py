@@ -25,8 +25,10 @@ def _logits_and_mask(
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, tuple[int, ...], tuple[int, ...]]:
   """Validated logits, the same with the class axes flattened last, and the mask.
 
-  A ``where`` of the batch shape keeps a size-1 class axis, so no N×C mask is
-  materialised for it.
+  ``where`` is read as optax reads it: one of another rank than the logits
+  gets the class axes inserted (so a mask of the batch shape masks rows, also
+  where the batch and class sizes agree), then broadcasts to the logits. A
+  batch mask keeps a size-1 class axis, so no N×C mask is materialised for it.
   """
   logits = _checks.as_floating(logits, "logits")
   if logits.ndim == 0:
@@ -38,9 +40,14 @@ def _logits_and_mask(
   mask = None
   if where is not None:
     where = jnp.asarray(where, bool)
-    if where.ndim == len(batch_shape) != logits.ndim and _checks.fits(where.shape, batch_shape):
-      where = jnp.expand_dims(where, axes)  # a mask of the batch shape
-    elif where.ndim < logits.ndim:
+    if where.ndim != logits.ndim:
+      if where.ndim + len(axes) > logits.ndim:
+        raise ValueError(
+          f"`where` of shape {where.shape} gets the class axes {axes} inserted, so it must have rank at most"
+          f" {logits.ndim - len(axes)} or the logits' rank {logits.ndim}."
+        )
+      where = jnp.expand_dims(where, tuple(a - logits.ndim for a in axes))
+    if where.ndim < logits.ndim:
       where = where.reshape((1,) * (logits.ndim - where.ndim) + where.shape)
     _checks.check_broadcastable(where.shape, logits.shape, "where", "logits")
     per_class = any(where.shape[a] != 1 for a in axes)
