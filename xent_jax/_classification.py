@@ -81,7 +81,7 @@ def softmax_cross_entropy(
 
   Args:
     logits: unnormalised log-probabilities, shape ``[..., num_classes]``.
-    labels: target probabilities; logits and labels broadcast to one shape (as optax); rows need not sum
+    labels: target probabilities broadcastable to ``logits``; rows need not sum
       to 1 (the gradient keeps the Σp factor).
     axis: class axis or axes; ``None`` means all axes.
     where: elements to include, of the logits' shape or the batch shape. Rows
@@ -107,13 +107,9 @@ def softmax_cross_entropy(
   References:
     optax.losses.softmax_cross_entropy, whose signature this follows.
   """
-  labels = jnp.asarray(labels)
-  logits = _checks.as_floating(logits, "logits")
-  if logits.shape != labels.shape and _checks.fits(logits.shape, labels.shape):
-    logits = jnp.broadcast_to(logits, labels.shape)  # as optax, whose product broadcasts both ways
   logits, x, mask, axes, batch_shape = _logits_and_mask(logits, axis, where)
   class_axis = _class_axis(axis_name, axes)
-  labels = _checks.broadcast_arg(labels, logits.shape, "labels", "logits")
+  labels = _checks.broadcast_arg(jnp.asarray(labels), logits.shape, "labels", "logits")
   # Floating targets stay in their dtype (each pass converts them, so no
   # float32 copy of 16-bit targets is stored); integer or boolean one-hot
   # targets are taken as floats, as optax takes them.
