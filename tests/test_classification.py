@@ -234,14 +234,19 @@ class OptaxCompatibilityTest(parameterized.TestCase):
     ((2, 3, 4), (3,)),
     ((2, 3, 4), (2, 3)),
     ((4, 3), (4,)),
+    ((3, 2, 4), (4,), 0),  # the class axis first: the mask covers the last batch axis
+    ((2, 3, 4, 5), (4,), (1, 3)),
   )
-  def test_lower_rank_where_read_as_optax_reads_it(self, shape, where_shape):
+  def test_lower_rank_where_read_as_optax_reads_it(self, shape, where_shape, axis=-1):
     rng = np.random.default_rng(5)
     z = rng.normal(size=shape).astype(np.float32)
     where = np.ones(where_shape, bool)
     where[0] = False
-    p = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]).astype(np.float32)
-    labels = rng.integers(1, shape[-1], size=shape[:-1])
+    axes = (axis,) if isinstance(axis, int) else axis
+    batch = tuple(n for i, n in enumerate(shape) if i not in {a % len(shape) for a in axes})
+    classes = int(np.prod([shape[a] for a in axes]))
+    p = np.asarray(jax.nn.softmax(rng.normal(size=shape), axis=axes), np.float32)
+    labels = rng.integers(1, classes, size=batch)
     for ours_fn, theirs_fn, y in [
       (xent_jax.softmax_cross_entropy, optax.losses.softmax_cross_entropy, p),
       (
@@ -251,10 +256,10 @@ class OptaxCompatibilityTest(parameterized.TestCase):
       ),
     ]:
       try:
-        theirs = theirs_fn(z, y, where=where)
+        theirs = theirs_fn(z, y, axis=axis, where=where)
       except (ValueError, TypeError):
         continue  # optax raises; ours reads it as a batch mask of the leading axes or raises
-      chex.assert_trees_all_close(ours_fn(z, y, where=where), theirs, rtol=1e-5, atol=1e-6, strict=True)
+      chex.assert_trees_all_close(ours_fn(z, y, axis=axis, where=where), theirs, rtol=1e-5, atol=1e-6, strict=True)
 
   def test_safe_softmax_cross_entropy(self):
     logits = self.logits.copy()

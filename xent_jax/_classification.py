@@ -41,14 +41,14 @@ def _logits_and_mask(
   if where is not None:
     where = jnp.asarray(where, bool)
     if where.ndim != logits.ndim:
-      if where.ndim + len(axes) > logits.ndim:
+      if where.ndim > len(batch_shape):
         raise ValueError(
           f"`where` of shape {where.shape} gets the class axes {axes} inserted, so it must have rank at most"
-          f" {logits.ndim - len(axes)} or the logits' rank {logits.ndim}."
+          f" {len(batch_shape)} or the logits' rank {logits.ndim}."
         )
-      where = jnp.expand_dims(where, tuple(a - logits.ndim for a in axes))
-    if where.ndim < logits.ndim:
-      where = where.reshape((1,) * (logits.ndim - where.ndim) + where.shape)
+      # Left-padded to the batch rank, then the class axes inserted: optax's
+      # expand_dims(where, axis) followed by broadcasting.
+      where = jnp.expand_dims(where.reshape((1,) * (len(batch_shape) - where.ndim) + where.shape), axes)
     _checks.check_broadcastable(where.shape, logits.shape, "where", "logits")
     per_class = any(where.shape[a] != 1 for a in axes)
     shape = logits.shape if per_class else tuple(1 if a in axes else n for a, n in enumerate(logits.shape))
