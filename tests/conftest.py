@@ -17,8 +17,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
   """Starts the session's slow jobs that run outside this process (the 8-device suite, the notebooks' kernels)
   as soon as collection is done, so that they overlap the in-process tests: most of a test here is a
   single-threaded XLA compile, and CI has two cores. A test module with such a job defines
-  ``start_in_background()`` (idempotent); its tests wait for the result."""
+  ``start_in_background()`` (idempotent) and ``BACKGROUND_FOR``, the names of its tests that wait for the
+  result; the job starts only when one of those is selected."""
+  if session.config.option.collectonly:
+    return
+  for item in session.items:
+    module = getattr(item, "module", None)
+    if getattr(item, "originalname", None) in getattr(module, "BACKGROUND_FOR", ()):
+      module.start_in_background()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+  """Ends a background process that a stopped session (``-x``, Ctrl-C) no longer waits for."""
   for module in {getattr(item, "module", None) for item in session.items}:
-    start = getattr(module, "start_in_background", None)
-    if start is not None:
-      start()
+    stop = getattr(module, "stop_in_background", None)
+    if stop is not None:
+      stop()

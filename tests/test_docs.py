@@ -24,6 +24,9 @@ import test_derivations
 import test_notebooks
 
 ROOT = pathlib.Path(__file__).parents[1]
+# The build renders the executed notebooks: their execution starts when collection finishes (tests/conftest.py).
+start_in_background = test_notebooks.start_in_background
+BACKGROUND_FOR = ("test_docs_build_without_warnings",)
 
 
 def _earlier_in_session(request: pytest.FixtureRequest, module: types.ModuleType) -> list[pytest.Item]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 TIMEOUT_S = 900
+BACKGROUND_FOR = ("test_eight_device_suite",)
 
 
 @functools.cache
@@ -26,6 +27,11 @@ def start_in_background() -> subprocess.Popen:
     stderr=subprocess.STDOUT,
     text=True,
   )
+
+
+def stop_in_background() -> None:
+  if start_in_background.cache_info().currsize:
+    start_in_background().kill()
 
 
 def test_eight_device_suite():

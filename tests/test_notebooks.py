@@ -16,6 +16,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 TIMEOUT_S = 240  # per cell
+BACKGROUND_FOR = ("test_notebook_runs",)
 
 
 @functools.cache
