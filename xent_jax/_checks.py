@@ -52,12 +52,8 @@ def normalize_axes(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
   ``None`` means all axes."""
   if axis is None:
     return tuple(range(ndim))
-  if isinstance(axis, (int, np.integer)):
-    axes: tuple[object, ...] = (axis,)
-  elif isinstance(axis, Sequence) and not isinstance(axis, str):
-    axes = tuple(axis)
-  else:
-    raise TypeError(f"`{name}` must be an int or a tuple of ints, got {axis!r}.")
+  # Anything but a sequence is one axis, so a float or a string fails the int check below.
+  axes: tuple[object, ...] = tuple(axis) if isinstance(axis, Sequence) and not isinstance(axis, str) else (axis,)
   if not axes:
     raise ValueError(f"`{name}` must name at least one axis, got {axis!r}.")
   out = []
@@ -97,6 +93,15 @@ def broadcast_arg(x: jax.Array, shape: tuple[int, ...], name: str, target: str) 
   """Broadcasts ``x`` to ``shape`` or raises a ValueError naming both."""
   check_broadcastable(x.shape, shape, name, target)
   return jnp.broadcast_to(x, shape)
+
+
+def masked_sum(terms: jax.Array, axis: Axis, where: jax.typing.ArrayLike | None, target: str) -> jax.Array:
+  """``terms`` summed over ``axis`` where ``where`` holds (broadcast to the terms' shape, or a ValueError
+  naming ``where`` and ``target``, the argument the terms come from)."""
+  axes = normalize_axes(axis, terms.ndim)
+  if where is not None:
+    where = broadcast_arg(jnp.asarray(where, bool), terms.shape, "where", target)
+  return jnp.sum(terms, axis=axes, where=where)
 
 
 def broadcast_pair(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> tuple[jax.Array, jax.Array]:

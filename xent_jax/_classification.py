@@ -472,7 +472,7 @@ def kl_divergence(
   """
   lp, t = _log_domain_pair(log_predictions, targets, "targets")
   terms = xlogx(t) - _limits.product(t, lp)
-  return _sum_terms(terms, axis, where)
+  return _checks.masked_sum(terms, axis, where, "log_predictions")
 
 
 def kl_divergence_with_log_targets(
@@ -511,14 +511,7 @@ def kl_divergence_with_log_targets(
     1.386294
   """
   terms = _log_target_kl_terms(*_log_domain_pair(log_predictions, log_targets, "log_targets"))
-  return _sum_terms(terms, axis, where)
-
-
-def _sum_terms(terms: jax.Array, axis: Axis, where: ArrayLike | None) -> jax.Array:
-  """The KL terms summed over ``axis``, where ``where`` (broadcast to the terms, or a ValueError naming it)."""
-  if where is not None:
-    where = _checks.broadcast_arg(jnp.asarray(where, bool), terms.shape, "where", "log_predictions")
-  return jnp.sum(terms, axis=_checks.normalize_axes(axis, terms.ndim), where=where)
+  return _checks.masked_sum(terms, axis, where, "log_predictions")
 
 
 def _log_target_kl_value(lp: jax.Array, lt: jax.Array) -> jax.Array:

@@ -51,10 +51,7 @@ _surprisal = _limits.elementwise(lambda p: -jnp.log(p), lambda p: (-_limits.rati
 
 def _reduce(terms: jax.Array, axis: Axis, where: jax.typing.ArrayLike | None, base: float | None) -> jax.Array:
   scale = _checks.log_base_scale(base)
-  axes = _checks.normalize_axes(axis, terms.ndim)
-  if where is not None:
-    where = _checks.broadcast_arg(jnp.asarray(where, bool), terms.shape, "where", "p")
-  return _checks.rescale(jnp.sum(terms, axis=axes, where=where), scale)
+  return _checks.rescale(_checks.masked_sum(terms, axis, where, "p"), scale)
 
 
 def self_information(p: jax.typing.ArrayLike, *, base: float | None = None) -> jax.Array:
