@@ -1,5 +1,7 @@
 """The optax-compatible losses against float64 references, optax and the closed forms."""
 
+from typing import ClassVar
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -565,3 +567,68 @@ class FullyMaskedRowTest(parameterized.TestCase):
     hessian = jax.jit(jax.hessian(total))(z, w, where, y)
     self.assertTrue(np.isfinite(hessian).all())
     np.testing.assert_array_equal(hessian[1], 0.0)
+
+
+class LibraryValuePathTest(parameterized.TestCase):
+  """The soft-label loss alone, without a mask, from 2¹⁵ logits up (``xent_jax._fused._soft_value``).
+
+  That path sums the common batch with no select or cap and sends a batch
+  whose sum is not finite, or that holds a negative target, to the careful
+  forward. Each batch below (8 × 4096) holds ordinary rows and at most one
+  edge row; the loss alone must equal the float64 reference (and the limits
+  on the edge row), and the value of value_and_grad, which is computed by the
+  differentiated forward.
+  """
+
+  N, C = 8, 4096
+
+  def _batch(self, dtype):
+    rng = np.random.default_rng(3)
+    z = (rng.normal(size=(self.N, self.C)) * 3).astype(dtype)
+    z[1] = (rng.uniform(-1e4, 1e4, self.C)).astype(dtype)  # large logits: no cancellation at their scale
+    p = rng.dirichlet(np.ones(self.C), self.N).astype(dtype)
+    p[2] = 0
+    p[2, 7] = 1  # a one-hot row
+    return z, p
+
+  # name: ({class: logit}, {class: target}, the rest of the row's targets (None: kept), its loss or None
+  # for the float64 reference), all on row 0
+  EDGES: ClassVar = {
+    "ordinary": ({}, {}, None, None),
+    "-inf logit, p = 0": ({5: -np.inf}, {5: 0.0}, None, None),
+    "-inf logit, p > 0": ({5: -np.inf}, {}, None, np.inf),
+    "+inf logit, its class only": ({5: np.inf}, {5: 1.0}, 0.0, 0.0),
+    "+inf logit, spread target": ({5: np.inf}, {}, None, np.inf),
+    "negative target": ({}, {5: -1e-3}, None, np.nan),
+    "nan target": ({}, {5: np.nan}, None, np.nan),
+  }
+
+  @parameterized.product(edge=list(EDGES), dtype=["float32", "bfloat16"])
+  def test_value_alone(self, edge, dtype):
+    z, p = self._batch(np.float32)
+    logits, targets, rest, row0 = self.EDGES[edge]
+    if rest is not None:
+      p[0] = rest
+    for k, v in logits.items():
+      z[0, k] = v
+    for k, v in targets.items():
+      p[0, k] = v
+    z, p = jnp.asarray(z, dtype), jnp.asarray(p, dtype)
+    assert z.size >= xent_jax._fused._LIBRARY_REDUCE_SIZE
+    value = jax.jit(xent_jax.softmax_cross_entropy)(z, p)
+    want = ref.softmax_cross_entropy(np.asarray(z, np.float64), np.asarray(p, np.float64))
+    if row0 is not None:
+      want[0] = row0
+    np.testing.assert_allclose(np.asarray(value, np.float64), want, rtol=2e-6, atol=0)
+    differentiated = jax.value_and_grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy(z, p)))(z)[0]
+    chex.assert_trees_all_close(jnp.sum(value), differentiated, rtol=1e-6, strict=True)
+
+  def test_value_alone_under_vmap(self):
+    z, p = self._batch(np.float32)
+    z2, p2 = z.copy(), p.copy()
+    p2[0, 5] = -1e-3  # the second batch takes the careful branch, the first does not
+    zs, ps = jnp.asarray(np.stack([z, z2])), jnp.asarray(np.stack([p, p2]))
+    value = jax.vmap(xent_jax.softmax_cross_entropy)(zs, ps)
+    want = ref.softmax_cross_entropy(np.asarray(zs, np.float64), np.asarray(ps, np.float64))
+    want[1, 0] = np.nan
+    np.testing.assert_allclose(np.asarray(value, np.float64), want, rtol=2e-6, atol=0)

@@ -112,6 +112,22 @@ def test_axis_name_soft_labels(masked):
   _close(sharded, single)
 
 
+@pytest.mark.parametrize("negative", [False, True])
+def test_axis_name_soft_labels_value_alone_at_library_size(negative):
+  """The loss alone with a split class axis and 2¹⁵ logits per shard (``_fused._soft_value``'s summed path):
+  a negative target on one shard sends every shard to the careful branch and makes its row NaN."""
+  rng = np.random.default_rng(7)
+  z = (rng.normal(size=(4, DEVICES * 8192)) * 3).astype(np.float32)
+  p = rng.dirichlet(np.ones(z.shape[1]), z.shape[0]).astype(np.float32)
+  if negative:
+    p[1, 3] = -1e-3  # on the first shard only
+  local = functools.partial(xent_jax.softmax_cross_entropy, axis_name="x")
+  mapped = jax.jit(jax.shard_map(local, mesh=_mesh("Auto"), in_specs=(P(None, "x"),) * 2, out_specs=P()))
+  got, want = np.asarray(mapped(z, p)), np.asarray(jax.jit(xent_jax.softmax_cross_entropy)(z, p))
+  assert np.isnan(got[1]) == negative and np.isnan(want[1]) == negative
+  np.testing.assert_allclose(got, want, **TOL)
+
+
 WEIGHTS = RNG.uniform(0.5, 2.0, C).astype(np.float32)
 DATA_PARALLEL = {
   # name: (loss of (z, u, *options), the options, their in_specs): the batch is split,
