@@ -164,6 +164,24 @@ E_RANDOM = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
 TAU, TAU_BAD = np.array([0.1, 0.5], np.float32), np.array([0.1, -1.0], np.float32)
 
 
+# Batches of 2¹⁵ logits (8 × 4096), row 1 faulty: there XLA:CPU runs the reductions in its library
+# (YNNPACK), whose max and min drop a NaN operand, and the soft-label loss alone takes its summed path.
+_RNG = np.random.default_rng(1)
+Z_LARGE = _RNG.normal(size=(8, 4096)).astype(np.float32)
+Y_LARGE = _RNG.integers(0, 4096, 8)
+P_LARGE = _RNG.dirichlet(np.ones(4096), 8).astype(np.float32)
+
+
+def _large(array, value, column=3):
+  """A copy of ``array`` with row 1 (or its ``column``) set to ``value``."""
+  out = array.copy()
+  if column is None:
+    out[1] = value
+  else:
+    out[1, column] = value
+  return out
+
+
 def _per_temperature(loss):
   """One loss per temperature in a batch of them (vmap), so the faulty temperature is row 1."""
   return lambda e, tau: jax.vmap(lambda t: jnp.mean(loss(e, t)))(tau)
@@ -180,6 +198,12 @@ DATA = [
   ("nan-logits", _int, (Z, Y), (Z_NAN, Y)),
   ("all-logits-inf", _int, (Z, Y), (np.array([[0.0, 1.0, 2.0], [-np.inf] * 3], np.float32), Y)),
   ("nan-target", _soft, (Z, P), (Z, np.array([[1.0, 0.0, 0.0], [np.nan, 1.0, 0.0]], np.float32))),
+  ("large-nan-logits", _int, (Z_LARGE, Y_LARGE), (_large(Z_LARGE, np.nan), Y_LARGE)),
+  ("large-soft-nan-logits", _soft, (Z_LARGE, P_LARGE), (_large(Z_LARGE, np.nan), P_LARGE)),
+  ("large-all-logits-inf", _int, (Z_LARGE, Y_LARGE), (_large(Z_LARGE, -np.inf, None), Y_LARGE)),
+  ("large-soft-all-logits-inf", _soft, (Z_LARGE, P_LARGE), (_large(Z_LARGE, -np.inf, None), P_LARGE)),
+  ("large-negative-probability", _soft, (Z_LARGE, P_LARGE), (Z_LARGE, _large(P_LARGE, -1e-3))),
+  ("large-nan-target", _soft, (Z_LARGE, P_LARGE), (Z_LARGE, _large(P_LARGE, np.nan))),
   (
     "linear-label-out-of-range",
     lambda h, y: xent_jax.linear_cross_entropy(h, np.ones((4, 3), np.float32), y),

@@ -623,6 +623,12 @@ class LibraryValuePathTest(parameterized.TestCase):
     differentiated = jax.value_and_grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy(z, p)))(z)[0]
     chex.assert_trees_all_close(jnp.sum(value), differentiated, rtol=1e-6, strict=True)
 
+  def test_summed_path_from_the_library_size(self):
+    """The loss alone takes ``_soft_value``'s summed path (a cond around the careful forward's) from 2¹⁵ logits."""
+    conds = lambda c: str(jax.make_jaxpr(xent_jax.softmax_cross_entropy)(jnp.zeros((8, c)), jnp.zeros((8, c))))
+    assert xent_jax._fused._LIBRARY_REDUCE_SIZE == 8 * 4096
+    assert conds(4096).count("cond[") == conds(4095).count("cond[") + 1
+
   def test_value_alone_under_vmap(self):
     z, p = self._batch(np.float32)
     z2, p2 = z.copy(), p.copy()

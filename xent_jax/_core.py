@@ -16,8 +16,9 @@ the soft-label loss of q = (1-ε) w_c e_c + (ε/K) w·allowed plus ζ lse², so
 
 The rules: a label outside [0, C) that is not the ignore index makes its row
 NaN (value and gradient, through arithmetic so ``checkify`` sees it), and so
-does a row whose allowed logits are all -inf (``defined``); a row that is
-ignored or masked out by ``where`` counts 0 with gradient 0.
+does a row whose allowed logits are all -inf or that holds a NaN logit
+(``defined``); a row that is ignored or masked out by ``where`` counts 0
+with gradient 0.
 """
 
 from __future__ import annotations
@@ -86,11 +87,23 @@ def rows(labels: jax.Array, num_classes: int, opts: Options, kept: jax.Array | b
   return Rows(valid, kept & ~ignored)
 
 
+def softmax_exists(s: jax.Array) -> jax.Array:
+  """Whether a row with s = Σ exp(z - M) (M its max, or a shift below it) has a softmax: 0 < s < inf.
+
+  s = 0 when every allowed logit is -inf. s is NaN or +inf when a logit is
+  NaN: XLA:CPU's library (YNNPACK) max and min drop a NaN operand instead of
+  propagating it (measured from 4096 elements, issue 15), so a NaN logit may
+  not reach the loss through the arithmetic, but it always leaves s outside
+  (0, ∞), since every exp(z - M) ≤ 1 otherwise.
+  """
+  return (s > 0) & (s < jnp.inf)
+
+
 def defined(rows: Rows, s: jax.Array) -> Rows:
-  """``rows`` with those whose allowed logits are all -inf marked invalid (s = Σ exp(z - M) = 0, shape
-  ``(..., 1)``: no softmax exists), so that such a row is NaN where it counts, its loss as optax's and its
-  gradient too, and 0 where it does not (every class masked)."""
-  return Rows(rows.valid & (s[..., 0] > 0), rows.counted)
+  """``rows`` with those that have no softmax (``softmax_exists``; s has shape ``(..., 1)``) marked
+  invalid, so that such a row is NaN where it counts, its loss as optax's and its gradient too, and 0
+  where it does not (every class masked)."""
+  return Rows(rows.valid & softmax_exists(s[..., 0]), rows.counted)
 
 
 def log_total(s: jax.Array) -> jax.Array:

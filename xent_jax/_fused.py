@@ -158,8 +158,9 @@ def _fused_loss(
   masks always). ``options`` is static (hashable, ``nondiff_argnums``). The
   tangent map is rematerialized (``jax.checkpoint``); where
   ``shares_exps(logits)``, XLA may merge its recomputation with the forward's.
-  ``value``, where given, computes the loss alone (the same numbers as
-  ``forward``'s) when nothing differentiates it: it needs no row statistics.
+  ``value``, where given, computes the loss alone when nothing differentiates
+  it (it needs no row statistics); it must agree with ``forward``'s loss to
+  rounding.
   """
 
   @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -517,16 +518,19 @@ def _soft_forward(
     m,
     log_s,
   )
-  loss = jnp.where(_rows_kept(mask, class_axis), loss, 0)
+  # A kept row with no softmax (all its logits -inf, or a NaN logit) is NaN, whatever the sums gave.
+  loss = jnp.where(_rows_kept(mask, class_axis), _checks.nan_where(~_core.softmax_exists(s[..., 0]), loss), 0)
   return loss, (m, s, jnp.isnan(loss)[..., None])
 
 
-# XLA:CPU hands a reduction to its library (YNNPACK) from this many elements up.
+# From this many logits up the soft-label loss alone is summed by ``_soft_value``; below, its
+# extra kernels (the min over the targets, a second cond) cost more than its simpler passes save
+# (measured on XLA:CPU at 128×10, issue 15).
 _LIBRARY_REDUCE_SIZE = 2**15
 
 
 def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """The soft-label loss alone, the numbers of ``_soft_forward``.
+  """The soft-label loss alone: ``_soft_forward``'s loss, to rounding, in fewer and simpler passes.
 
   Without a mask the common batch (finite logits, targets ≥ 0) is summed with
   the row max as it comes, with no select or cap: max, subtract, exp, log,
@@ -534,11 +538,12 @@ def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask
   (YNNPACK) fusion that reads each row once (it does from 4096 rows up, as for
   optax's; measured, issue 15). A batch whose sum is not finite (a ±inf logit)
   or with a negative target is summed again by ``_soft_forward``, whose limits
-  are careful; so is any batch with a ``where`` mask, and any batch too small
-  for the library, where the min over the targets would be one more kernel to
-  run for nothing (measured at 128×10). (A logit at the dtype's
-  largest finite value is summed here as the finite number it is; the
-  differentiated forward reads it as +inf.)
+  are careful; so is any batch with a ``where`` mask, and any batch of fewer
+  than ``_LIBRARY_REDUCE_SIZE`` logits. Two differences: a logit at the
+  dtype's largest finite value is summed here as the finite number it is
+  (the differentiated forward reads it as +inf); and with a +inf logit, z - M
+  is inf - inf here before the cond discards it, which ``checkify``'s
+  ``float_checks`` reports although the loss returned is the right limit.
   """
   if mask is not None or logits.size < _LIBRARY_REDUCE_SIZE:
     return _soft_forward(options, logits, labels, mask)[0]
