@@ -13,6 +13,18 @@ def rng() -> np.random.Generator:
   return np.random.default_rng(0)
 
 
+def _waits_in_background(item: pytest.Item) -> bool:
+  return getattr(item, "originalname", None) in getattr(getattr(item, "module", None), "BACKGROUND_FOR", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  """Runs the tests that wait for a background job (below) last, so that the in-process tests run while the
+  jobs do; in collection order they would block at once (the second-order cases sort second)."""
+  items[:] = [item for item in items if not _waits_in_background(item)] + [
+    item for item in items if _waits_in_background(item)
+  ]
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
   """Starts the session's slow jobs that run outside this process (the 8-device suite, the notebooks' kernels)
   as soon as collection is done, so that they overlap the in-process tests: most of a test here is a
@@ -22,9 +34,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
   if session.config.option.collectonly:
     return
   for item in session.items:
-    module = getattr(item, "module", None)
-    if getattr(item, "originalname", None) in getattr(module, "BACKGROUND_FOR", ()):
-      module.start_in_background()
+    if _waits_in_background(item):
+      item.module.start_in_background()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -93,8 +93,10 @@ def softmax_exists(s: jax.Array) -> jax.Array:
   s = 0 when every allowed logit is -inf. s is NaN or +inf when a logit is
   NaN: XLA:CPU's library (YNNPACK) max and min drop a NaN operand instead of
   propagating it (measured from 4096 elements, issue 15), so a NaN logit may
-  not reach the loss through the arithmetic, but it always leaves s outside
-  (0, ∞), since every exp(z - M) ≤ 1 otherwise.
+  not reach the loss through the arithmetic, but it leaves s outside (0, ∞),
+  since every exp(z - M) ≤ 1 otherwise. Not on a row that also holds a +inf
+  logit: there the cap min(z - M, 0) drops the NaN and counts it as a +inf
+  class (a known gap, issue 15's note).
   """
   return (s > 0) & (s < jnp.inf)
 
