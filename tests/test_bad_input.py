@@ -204,6 +204,9 @@ DATA = [
   ("large-soft-all-logits-inf", _soft, (Z_LARGE, P_LARGE), (_large(Z_LARGE, -np.inf, None), P_LARGE)),
   ("large-negative-probability", _soft, (Z_LARGE, P_LARGE), (Z_LARGE, _large(P_LARGE, -1e-3))),
   ("large-nan-target", _soft, (Z_LARGE, P_LARGE), (Z_LARGE, _large(P_LARGE, np.nan))),
+  ("nan-beside-inf", _int, (Z, Y), (np.array([[0.0, 1.0, 2.0], [np.nan, np.inf, 0.0]], np.float32), Y)),
+  ("large-nan-beside-inf", _int, (Z_LARGE, Y_LARGE), (_large(_large(Z_LARGE, np.inf, 5), np.nan), Y_LARGE)),
+  ("large-soft-nan-beside-inf", _soft, (Z_LARGE, P_LARGE), (_large(_large(Z_LARGE, np.inf, 5), np.nan), P_LARGE)),
   (
     "linear-label-out-of-range",
     lambda h, y: xent_jax.linear_cross_entropy(h, np.ones((4, 3), np.float32), y),

@@ -42,8 +42,11 @@ class ClassAxis(NamedTuple):
   axis_name: str | None = None
 
   def sum(self, x: jax.Array) -> jax.Array:
-    total = jnp.sum(x, axis=-1, keepdims=True)
-    return total if self.axis_name is None else jax.lax.psum(total, self.axis_name)
+    return self.total(jnp.sum(x, axis=-1, keepdims=True))
+
+  def total(self, local: jax.Array) -> jax.Array:
+    """This shard's per-row sums, (..., 1), added over the shards."""
+    return local if self.axis_name is None else jax.lax.psum(local, self.axis_name)
 
   def max(self, x: jax.Array) -> jax.Array:
     top = jnp.max(x, axis=-1, keepdims=True)
@@ -94,9 +97,10 @@ def softmax_exists(s: jax.Array) -> jax.Array:
   NaN: XLA:CPU's library (YNNPACK) max and min drop a NaN operand instead of
   propagating it (measured from 4096 elements, issue 15), so a NaN logit may
   not reach the loss through the arithmetic, but it leaves s outside (0, ∞),
-  since every exp(z - M) ≤ 1 otherwise. Not on a row that also holds a +inf
-  logit: there the cap min(z - M, 0) drops the NaN and counts it as a +inf
-  class (a known gap, issue 15's note).
+  since every exp(z - M) ≤ 1 otherwise. On a row that also holds a +inf
+  logit the cap min(z - M, 0) drops the NaN and counts it as a +inf class;
+  the kernels' +inf branches set s or the loss to NaN there
+  (``_fused._nan_beside_inf``).
   """
   return (s > 0) & (s < jnp.inf)
 

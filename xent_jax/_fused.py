@@ -89,6 +89,23 @@ def _max_shifted(
   return m, class_axis.sum(_exp_shifted(logits, dtype, m, mask, top=True))
 
 
+def _nan_beside_inf(logits: jax.Array, mask: jax.Array | None, m: jax.Array, class_axis: ClassAxis) -> jax.Array:
+  """Rows, (..., 1), that hold a NaN logit beside a +inf one (M from ``_row_max``).
+
+  There the cap min(z - M, 0) of ``_exp_shifted`` drops the NaN on XLA:CPU's
+  library (YNNPACK) path, from 4096 logits up (measured, issue 15), and s
+  counts it as one more +inf class; a compare finds it. For the branches that
+  handle +inf rows only, so the common batch pays nothing for it.
+  """
+  # exp(-z²) is NaN for a NaN logit only (0 at ±inf), and a sum carries it: a
+  # compare's flags were stored as an N×C array (XLA:CPU, measured). The
+  # barrier'd view gives this pass its own read: a float32 copy of 16-bit
+  # logits shared with the loss's pass would be stored.
+  z = jax.lax.optimization_barrier(logits).astype(m.dtype)
+  flags = jnp.exp(-z * z)
+  return _infinite_row(m) & jnp.isnan(class_axis.sum(flags if mask is None else jnp.where(mask, flags, 0)))
+
+
 def _inverse(s: jax.Array) -> jax.Array:
   """1/s, and 0 for an empty row (s = 0: every class masked), whose exps are all 0."""
   return jnp.where(s > 0, 1 / s, 0)
@@ -300,13 +317,13 @@ def _label_shifted(
   """
   s = class_axis.sum(_exp_shifted(logits, dtype, z_c, mask))
   safe = jnp.all((s <= _MAX_LABEL_SHIFTED_SUM) & jnp.where(matters[..., None], s > 0, True))
-  shift, s = jax.lax.cond(
-    safe,
-    lambda logits, mask: (z_c, s),
-    lambda logits, mask: _max_shifted(logits, dtype, mask, class_axis),
-    logits,
-    mask,
-  )
+
+  def max_shifted(logits: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    # Every +inf row is here (its s is inf or NaN with the label shift); one with a NaN gets s = NaN.
+    m, s = _max_shifted(logits, dtype, mask, class_axis)
+    return m, jnp.where(_nan_beside_inf(logits, mask, m, class_axis), jnp.nan, s)
+
+  shift, s = jax.lax.cond(safe, lambda logits, mask: (z_c, s), max_shifted, logits, mask)
   return shift, s, safe
 
 
@@ -478,6 +495,7 @@ def _limit_loss(
   # a negative target.
   hit = jnp.minimum(jnp.maximum(jnp.minimum(p, nll - big), 0) / jnp.finfo(dtype).smallest_normal, 1)
   total = class_axis.sum(p * jnp.minimum(nll, big) + 0 * jnp.sqrt(p) + hit * big)
+  total = jnp.where(_nan_beside_inf(logits, mask, m, class_axis), jnp.nan, total)
   return jnp.where(total >= big, jnp.inf, total)
 
 
@@ -536,9 +554,10 @@ def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask
   the row max as it comes, with no select or cap: max, subtract, exp, log,
   multiply and sum only, so that XLA:CPU can run the whole loss as one library
   (YNNPACK) fusion that reads each row once (it does from 4096 rows up, as for
-  optax's; measured, issue 15). A batch whose sum is not finite (a ±inf logit)
-  or with a negative target is summed again by ``_soft_forward``, whose limits
-  are careful; so is any batch with a ``where`` mask, and any batch of fewer
+  optax's; measured, issue 15). A batch whose sum is not finite (a ±inf logit,
+  or a negative target, which makes its row NaN) is summed again by
+  ``_soft_forward``, whose limits are careful; so is any batch with a ``where``
+  mask, and any batch of fewer
   than ``_LIBRARY_REDUCE_SIZE`` logits. Two differences: a logit at the
   dtype's largest finite value is summed here as the finite number it is
   (the differentiated forward reads it as +inf); and with a +inf logit, z - M
@@ -554,13 +573,17 @@ def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask
   # As in ``_soft_forward``: the barrier keeps XLA:CPU from storing z - M.
   x, targets, shift = jax.lax.optimization_barrier((logits, labels, m))
   p = targets.astype(dtype)
-  loss = class_axis.sum(p * (log_s - (x.astype(dtype) - shift)))[..., 0]
-  # Negative targets are found by a min over them, not by a 0·√p term in the
-  # sum (XLA:CPU: the sqrt per element cost 10-30% of the value; measured).
-  # The row min is combined over the shards, so every shard takes one branch.
-  lowest = -class_axis.max(-labels)
+  # A negative target makes its row NaN through √min(min p, 0), each shard's
+  # row min before the shards' sums are added. From 4096 rows up XLA:CPU
+  # takes that min into the sum's library fusion, so the targets are read
+  # once (measured, issue 15: a separate min pass read them twice, a 0·√p per
+  # element cost 10-30% of the value).
+  y = x.astype(dtype) - shift
+  lowest = jnp.min(targets, axis=-1, keepdims=True).astype(dtype)  # exact in the targets' dtype: no converted copy
+  local = jnp.sum(p * (log_s - y), axis=-1, keepdims=True) + jnp.sqrt(jnp.minimum(lowest, 0))
+  loss = class_axis.total(local)[..., 0]
   careful: jax.Array = jax.lax.cond(
-    jnp.all(jnp.isfinite(loss)) & jnp.all(lowest >= 0),
+    jnp.all(jnp.isfinite(loss)),
     lambda logits, labels: loss,
     lambda logits, labels: _soft_forward(options, logits, labels, None)[0],
     logits,
