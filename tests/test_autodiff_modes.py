@@ -7,10 +7,8 @@ case computes ``jacfwd`` and ``jacrev``, ``linearize`` and ``jvp``, the
 Hessian three ways (fwd∘rev = ``jax.hessian``, rev∘rev, fwd∘fwd),
 jvp-of-grad, and ``vmap`` of grad and of jvp; they must agree with each
 other and with float64 central differences, to second order. One compile per
-case keeps the file fast, and the cases run in a pytest process of their own
-started when collection finishes (``start_in_background``, as the 8-device
-suite), each test here reporting its case's outcome from there: they are
-compiles of a few seconds each, single-threaded, and CI has two cores.
+case keeps the file fast (and the file runs in the child session of
+``tests/conftest.py``'s ``IN_CHILD``, beside the rest of the suite).
 ``jax.test_util.check_grads`` (order 2, both modes,
 which also differentiates the jvp in its tangent) runs on the fused losses. A last part holds ``jacfwd`` of the
 library's own losses against the seed's closed forms in float64 numpy
@@ -18,12 +16,6 @@ library's own losses against the seed's closed forms in float64 numpy
 """
 
 import functools
-import os
-import pathlib
-import subprocess
-import sys
-import tempfile
-import xml.etree.ElementTree as ET
 
 import jax
 import jax.numpy as jnp
@@ -284,57 +276,9 @@ def _known(names, known):
   return [pytest.param(n, marks=[pytest.mark.xfail(reason=known[n], strict=True)] if n in known else []) for n in names]
 
 
-# The background process runs the cases themselves; the session's own tests wait for its outcomes.
-_HERE = "XENT_JAX_SECOND_ORDER_HERE"
-BACKGROUND_FOR = () if os.environ.get(_HERE) else ("test_both_modes_to_second_order",)
-TIMEOUT_S = 900
-
-
-@functools.cache
-def start_in_background() -> tuple[subprocess.Popen, pathlib.Path]:
-  report = pathlib.Path(tempfile.mkdtemp()) / "second_order.xml"
-  test = f"{pathlib.Path(__file__).name}::test_both_modes_to_second_order"
-  process = subprocess.Popen(
-    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, f"--junitxml={report}"],
-    cwd=pathlib.Path(__file__).parent,
-    env=dict(os.environ, **{_HERE: "1"}),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  return process, report
-
-
-def stop_in_background() -> None:
-  if start_in_background.cache_info().currsize:
-    start_in_background()[0].kill()
-
-
-@functools.cache
-def _background_outcomes() -> dict[str, str | None]:
-  """Case id -> None where it passed, else its failure text, from the background process's report."""
-  process, report = start_in_background()
-  try:
-    text, _ = process.communicate(timeout=TIMEOUT_S)
-  finally:
-    process.kill()
-  assert report.exists(), text[-12000:]
-  outcomes = {}
-  for case in ET.parse(report).iter("testcase"):
-    name = case.get("name", "").partition("[")[2].rstrip("]")
-    faults = [f"{child.get('message')}\n{child.text}" for child in case if child.tag in ("failure", "error", "skipped")]
-    outcomes[name] = "\n".join(faults) or None
-  return outcomes
-
-
 @pytest.mark.parametrize("name", IDS)
 def test_both_modes_to_second_order(name):
   """Finite differences, jacfwd = jacrev, linearize, three Hessian compositions, jvp-of-grad, under jit and vmap."""
-  if not os.environ.get(_HERE):
-    outcomes = _background_outcomes()
-    assert name in outcomes, f"{name} did not run in the background process: {sorted(outcomes)}"
-    assert outcomes[name] is None, outcomes[name]
-    return
   build = _BY_NAME[name][1]
   with jax.enable_x64(True):
     rng = _rng(name)

@@ -143,7 +143,7 @@ def test_forward_mode_equals_reverse_mode():
   _close(forward, jax.jit(jax.jacrev(fused, (0, 1)))(h, w), rtol=1e-5)
   _close(forward, jax.jit(jax.jacfwd(naive, (0, 1)))(h, w))
   tangents = (np.ones_like(h), w[::-1].copy())
-  _, linear = jax.linearize(fused, h, w)
+  _, linear = jax.linearize(jax.jit(fused), h, w)
   _close(jax.jit(linear)(*tangents), jax.jit(lambda h, w, *t: jax.jvp(naive, (h, w), t)[1])(h, w, *tangents))
 
 

@@ -78,17 +78,17 @@ def test_cross_entropy_matches_pytorch_formulas(target, weight, reduction, smoot
 
 
 def test_cross_entropy_per_example_shape_and_dtype():
-  out = xent_jax.cross_entropy(LOGITS.astype(jnp.bfloat16), INDEX, reduction="none", axis=1)
+  out = jax.jit(lambda z: xent_jax.cross_entropy(z, INDEX, reduction="none", axis=1))(LOGITS.astype(jnp.bfloat16))
   chex.assert_shape(out, (N, D))
   chex.assert_type(out, jnp.float32)
-  grad = jax.grad(lambda z: xent_jax.cross_entropy(z, INDEX, axis=1))(LOGITS.astype(jnp.bfloat16))
+  grad = jax.jit(jax.grad(lambda z: xent_jax.cross_entropy(z, INDEX, axis=1)))(LOGITS.astype(jnp.bfloat16))
   chex.assert_type(grad, jnp.bfloat16)
 
 
 def test_mean_over_nothing_is_zero_not_nan():
   """Every target ignored: PyTorch gives NaN (0/0); we give loss 0 and gradient 0."""
   ignored = np.full(N, -100)
-  value, grad = jax.value_and_grad(xent_jax.cross_entropy)(LOGITS[..., 0], ignored)
+  value, grad = jax.jit(jax.value_and_grad(xent_jax.cross_entropy))(LOGITS[..., 0], ignored)
   assert value == 0.0
   np.testing.assert_array_equal(grad, 0.0)
 
@@ -160,9 +160,10 @@ class IntegerOptionsTest(chex.TestCase):
   def test_hessian_with_options_is_total_mass_times_jacobian(self):
     """∂²L/∂z² = (Σq) (diag(p̂) - p̂p̂ᵀ) for the smoothed, weighted target q."""
     z, label = self.z[0], self.labels[0]
-    h = jax.hessian(
-      lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, label, class_weights=WEIGHT, label_smoothing=0.1)
-    )(z)
+    loss = lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(
+      z, label, class_weights=WEIGHT, label_smoothing=0.1
+    )
+    h = jax.jit(jax.hessian(loss))(z)
     mass = 0.9 * WEIGHT[label] + 0.1 / C * WEIGHT.sum()
     p = ref.softmax(z)
     np.testing.assert_allclose(h, mass * (np.diag(p) - np.outer(p, p)), atol=1e-6)
@@ -201,7 +202,7 @@ def test_cross_entropy_under_vmap():
   """vmap over a leading axis equals the batched call, for class indices and probabilities."""
   for target in (INDEX_IGNORED, PROBS):
     fn = lambda z, t: xent_jax.cross_entropy(z, t, weight=WEIGHT, label_smoothing=0.1, axis=0)
-    mapped = jax.vmap(fn)(LOGITS, target)
+    mapped = jax.jit(jax.vmap(fn))(LOGITS, target)
     want = np.array(
       [
         ref.torch_cross_entropy(*_flat(LOGITS[i : i + 1], target[i : i + 1], 1), WEIGHT, -100, "mean", 0.1)[0]

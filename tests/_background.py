@@ -1,0 +1,135 @@
+"""The child pytest processes that run beside the session, and what their tests found.
+
+Two kinds of job: a module with a job of its own (``tests/test_multidevice.py``'s 8-device suite) starts it
+with ``start`` from its ``start_in_background()``, which ``tests/conftest.py`` calls when collection finishes,
+and its waiting test reads the output with ``output``; and the test files that ``tests/conftest.py`` lists in
+``IN_CHILD`` run in one child session (``start_files``), each of their tests in this session reporting the
+child's outcome for it (``replay``), so that the two cores of CI both run tests.
+
+A child runs with the session's ``-W`` filters (and, for ``start_files``, its ``-k`` and ``-m``), and it
+never outlives the session: a session that stops early (``-x``, Ctrl-C) kills and reaps it (``stop``, from
+``tests/conftest.py``), and on Linux the kernel kills it if the session's process dies (``die_with_parent``,
+which the child's ``tests/conftest.py`` calls), even by ``kill -9``.
+"""
+
+import ctypes
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parents[1]
+TIMEOUT_S = 900
+_PARENT = "XENT_JAX_BACKGROUND_PARENT"
+_REPORT = "XENT_JAX_BACKGROUND_REPORT"  # in a ``start_files`` child: where it writes each test's outcome
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The session's -W filters, set by tests/conftest.py when the session is configured.
+WARNING_FILTERS: list[str] = []
+
+
+def start(args: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+  """Starts ``python -m pytest -q -p no:cacheprovider <-W filters> *args`` in the repository root."""
+  filters = [arg for f in WARNING_FILTERS for arg in ("-W", f)]
+  return subprocess.Popen(
+    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *filters, *args],
+    cwd=ROOT,
+    env={**os.environ, **(env or {}), _PARENT: str(os.getpid())},
+    # The output waits in the pipe until `output` reads it (the child blocks if the pipe fills, never deadlocks).
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def output(process: subprocess.Popen, timeout_s: float = TIMEOUT_S) -> str:
+  """Everything the child printed once it has exited; a child still running after ``timeout_s`` is killed and the
+  call fails with the end of its output."""
+  try:
+    text, _ = process.communicate(timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    stop(process)
+    text, _ = process.communicate()
+    raise AssertionError(f"killed after {timeout_s} s: {process.args}\n{text[-12000:]}") from None
+  return text
+
+
+def stop(process: subprocess.Popen) -> None:
+  """Kills the child if it still runs and reaps it."""
+  if process.poll() is None:
+    process.kill()
+  process.wait()
+
+
+def die_with_parent() -> None:
+  """In a child started by ``start``, on Linux: asks the kernel to kill this process when the session's dies."""
+  parent = os.environ.get(_PARENT)
+  if parent is None or not sys.platform.startswith("linux"):
+    return
+  ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  if os.getppid() != int(parent):  # the session died before the request was made
+    os._exit(1)
+
+
+def in_child_session() -> bool:
+  """Whether this session is a ``start_files`` child (which runs its files' tests itself)."""
+  return _REPORT in os.environ
+
+
+class Files:
+  """A child session running test files, and the outcome of each of its tests once it has finished."""
+
+  def __init__(self, files: Sequence[str], config: pytest.Config) -> None:
+    self.report = pathlib.Path(tempfile.mkdtemp()) / "outcomes.json"
+    selection = [
+      arg
+      for option, value in (("-k", config.option.keyword), ("-m", config.option.markexpr))
+      if value
+      for arg in (option, value)
+    ]
+    self.process = start([*files, *selection], env={_REPORT: str(self.report)})
+
+  @functools.cached_property
+  def outcomes(self) -> dict[str, list[str]]:
+    """Test id -> [outcome, text, seconds] for every test the child ran."""
+    text = output(self.process)
+    assert self.report.exists(), f"the child session wrote no report:\n{text[-12000:]}"
+    outcomes: dict[str, list[str]] = json.loads(self.report.read_text())
+    return outcomes
+
+  def replay(self, nodeid: str) -> None:
+    """Ends as the child's run of ``nodeid`` did: returns where it passed, fails with its text where it failed,
+    skips where it was skipped. An xfail-marked test behaves as it did there: its marker here sees an xfail
+    as a failure (AssertionError), an XPASS as a pass, strict or not."""
+    assert nodeid in self.outcomes, f"{nodeid} did not run in the child session"
+    outcome, text, _ = self.outcomes[nodeid]
+    if outcome == "skipped":
+      pytest.skip(text)
+    if outcome == "xfailed" or (outcome == "failed" and not text.startswith("[XPASS(strict)]")):
+      raise AssertionError(f"in the child session ({outcome}):\n{text}")
+
+
+_OUTCOMES: dict[str, list[str]] = {}
+
+
+def record(report: pytest.TestReport) -> None:
+  """In a ``start_files`` child: keeps a test's outcome (its call, or a setup or teardown that did not pass)."""
+  if not in_child_session() or (report.when != "call" and report.passed):
+    return
+  if _OUTCOMES.get(report.nodeid, [""])[0] == "failed":
+    return
+  outcome = "xfailed" if report.skipped and hasattr(report, "wasxfail") else report.outcome
+  text = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longreprtext
+  _OUTCOMES[report.nodeid] = [outcome, text, f"{report.duration:.2f}"]
+
+
+def write_report() -> None:
+  """In a ``start_files`` child: writes the outcomes for the session that started it."""
+  if in_child_session():
+    pathlib.Path(os.environ[_REPORT]).write_text(json.dumps(_OUTCOMES))
