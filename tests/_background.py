@@ -3,10 +3,11 @@
 Two kinds of job: a module with a job of its own (``tests/test_multidevice.py``'s 8-device suite) starts it
 with ``start`` from its ``start_in_background()``, which ``tests/conftest.py`` calls when collection finishes,
 and its waiting test reads the output with ``output``; and the test files that ``tests/conftest.py`` lists in
-``IN_CHILD`` run in one child session (``start_files``), each of their tests in this session reporting the
-child's outcome for it (``replay``), so that the two cores of CI both run tests.
+``IN_CHILD`` run in one child session (``ChildSession``, given the ids of this session's selected tests of
+those files), each of them here reporting the child's outcome for it (``replay``), so that the two cores of
+CI both run tests.
 
-A child runs with the session's ``-W`` filters (and, for ``start_files``, its ``-k`` and ``-m``), and it
+A child runs with the session's ``-W`` filters, and it
 never outlives the session: a session that stops early (``-x``, Ctrl-C) kills and reaps it (``stop``, from
 ``tests/conftest.py``), and on Linux the kernel kills it if the session's process dies (``die_with_parent``,
 which the child's ``tests/conftest.py`` calls), even by ``kill -9``.
@@ -28,7 +29,7 @@ import pytest
 ROOT = pathlib.Path(__file__).parents[1]
 TIMEOUT_S = 900
 _PARENT = "XENT_JAX_BACKGROUND_PARENT"
-_REPORT = "XENT_JAX_BACKGROUND_REPORT"  # in a ``start_files`` child: where it writes each test's outcome
+_REPORT = "XENT_JAX_BACKGROUND_REPORT"  # in a ``ChildSession``'s child: where it writes each test's outcome
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # The session's -W filters, set by tests/conftest.py when the session is configured.
 WARNING_FILTERS: list[str] = []
@@ -78,28 +79,26 @@ def die_with_parent() -> None:
 
 
 def in_child_session() -> bool:
-  """Whether this session is a ``start_files`` child (which runs its files' tests itself)."""
+  """Whether this session is a ``ChildSession``'s (which runs the delegated tests itself)."""
   return _REPORT in os.environ
 
 
-class Files:
-  """A child session running test files, and the outcome of each of its tests once it has finished."""
+class ChildSession:
+  """A child session running the given tests, and the outcome of each once it has finished."""
 
-  def __init__(self, files: Sequence[str], config: pytest.Config) -> None:
+  def __init__(self, nodeids: Sequence[str]) -> None:
     self.report = pathlib.Path(tempfile.mkdtemp()) / "outcomes.json"
-    selection = [
-      arg
-      for option, value in (("-k", config.option.keyword), ("-m", config.option.markexpr))
-      if value
-      for arg in (option, value)
-    ]
-    self.process = start([*files, *selection], env={_REPORT: str(self.report)})
+    self.process = start(nodeids, env={_REPORT: str(self.report)})
 
   @functools.cached_property
-  def outcomes(self) -> dict[str, list[str]]:
-    """Test id -> [outcome, text, seconds] for every test the child ran."""
-    text = output(self.process)
-    assert self.report.exists(), f"the child session wrote no report:\n{text[-12000:]}"
+  def outcomes(self) -> dict[str, list[str]] | str:
+    """Test id -> [outcome, text, seconds] for every test the child ran; or why there are none."""
+    try:
+      text = output(self.process)
+    except AssertionError as timeout:
+      return str(timeout)
+    if not self.report.exists():
+      return f"the child session wrote no report (exit status {self.process.returncode}):\n{text[-12000:]}"
     outcomes: dict[str, list[str]] = json.loads(self.report.read_text())
     return outcomes
 
@@ -107,8 +106,11 @@ class Files:
     """Ends as the child's run of ``nodeid`` did: returns where it passed, fails with its text where it failed,
     skips where it was skipped. An xfail-marked test behaves as it did there: its marker here sees an xfail
     as a failure (AssertionError), an XPASS as a pass, strict or not."""
-    assert nodeid in self.outcomes, f"{nodeid} did not run in the child session"
-    outcome, text, _ = self.outcomes[nodeid]
+    outcomes = self.outcomes
+    if isinstance(outcomes, str):
+      raise AssertionError(outcomes)
+    assert nodeid in outcomes, f"{nodeid} did not run in the child session"
+    outcome, text, _ = outcomes[nodeid]
     if outcome == "skipped":
       pytest.skip(text)
     if outcome == "xfailed" or (outcome == "failed" and not text.startswith("[XPASS(strict)]")):
@@ -119,7 +121,7 @@ _OUTCOMES: dict[str, list[str]] = {}
 
 
 def record(report: pytest.TestReport) -> None:
-  """In a ``start_files`` child: keeps a test's outcome (its call, or a setup or teardown that did not pass)."""
+  """In a ``ChildSession``'s child: keeps a test's outcome (its call, or a setup or teardown that did not pass)."""
   if not in_child_session() or (report.when != "call" and report.passed):
     return
   if _OUTCOMES.get(report.nodeid, [""])[0] == "failed":
@@ -130,6 +132,6 @@ def record(report: pytest.TestReport) -> None:
 
 
 def write_report() -> None:
-  """In a ``start_files`` child: writes the outcomes for the session that started it."""
+  """In a ``ChildSession``'s child: writes the outcomes for the session that started it."""
   if in_child_session():
     pathlib.Path(os.environ[_REPORT]).write_text(json.dumps(_OUTCOMES))

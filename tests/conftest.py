@@ -21,7 +21,7 @@ IN_CHILD = (
   "tests/test_linear.py",
   "tests/test_pytorch.py",
 )
-_JOBS: list[_background.Files] = []
+_JOBS: list[_background.ChildSession] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,7 +68,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     return
   delegated = [item for item in session.items if _in_child(item)]
   if delegated:
-    job = _background.Files(sorted({item.nodeid.partition("::")[0] for item in delegated}), session.config)
+    job = _background.ChildSession([item.nodeid for item in delegated])
     _JOBS.append(job)
     for item in delegated:
       item.runtest = functools.partial(job.replay, item.nodeid)
@@ -85,9 +85,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
   """With ``--durations N``, the child session's N slowest tests too (their call phase)."""
   count = config.option.durations
   for job in _JOBS:
-    if count is None or "outcomes" not in vars(job):  # no test waited for the child
+    outcomes = vars(job).get("outcomes")  # None where no test waited for the child
+    if count is None or not isinstance(outcomes, dict):
       continue
-    slowest = sorted(job.outcomes.items(), key=lambda kv: -float(kv[1][2]))[: count or None]
+    slowest = sorted(outcomes.items(), key=lambda kv: -float(kv[1][2]))[: count or None]
     terminalreporter.write_sep("=", f"slowest {len(slowest)} durations in the child session")
     for nodeid, (_, _, seconds) in slowest:
       terminalreporter.write_line(f"{seconds}s call     {nodeid}")
