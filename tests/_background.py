@@ -7,7 +7,8 @@ and its waiting test reads the output with ``output``; and the test files that `
 those files), each of them here reporting the child's outcome for it (``replay``), so that the two cores of
 CI both run tests.
 
-A child runs with the session's ``-W`` filters, and it
+A child runs as the session does (the same interpreter and ``-W`` options, ``-m pytest`` or the console
+script, the working directory) with the session's ``-W`` filters and ``-o`` overrides, and it
 never outlives the session: a session that stops early (``-x``, Ctrl-C) kills and reaps it (``stop``, from
 ``tests/conftest.py``), and on Linux the kernel kills it if the session's process dies (``die_with_parent``,
 which the child's ``tests/conftest.py`` calls), even by ``kill -9``.
@@ -31,16 +32,33 @@ TIMEOUT_S = 900
 _PARENT = "XENT_JAX_BACKGROUND_PARENT"
 _REPORT = "XENT_JAX_BACKGROUND_REPORT"  # in a ``ChildSession``'s child: where it writes each test's outcome
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-# The session's -W filters, set by tests/conftest.py when the session is configured.
+# The session's -W filters and -o ini overrides, set by tests/conftest.py when the session is configured.
 WARNING_FILTERS: list[str] = []
+INI_OVERRIDES: list[str] = []
+
+
+class ChildFailure(Exception):
+  """A test failed in the child session (a type of its own, so that no ``xfail(raises=...)`` here takes it
+  for the exception it expects)."""
+
+
+def _pytest_as_this_session_runs_it() -> list[str]:
+  """This interpreter with its -W options, running pytest as this session does: ``-m pytest`` (sys.path
+  starts with the working directory) or the console script (it starts with the script's folder), so that a
+  child imports the xent_jax this session imports."""
+  python = [sys.executable, *(f"-W{option}" for option in sys.warnoptions)]
+  if pathlib.Path(sys.argv[0]).name == "__main__.py":
+    return [*python, "-m", "pytest"]
+  return [*python, sys.argv[0]]
 
 
 def start(args: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-  """Starts ``python -m pytest -q -p no:cacheprovider <-W filters> *args`` in the repository root."""
-  filters = [arg for f in WARNING_FILTERS for arg in ("-W", f)]
+  """Starts pytest on ``args`` (paths or test ids under the repository root, absolute or relative to it) in
+  this session's working directory, quiet, with no cache, and this session's -W filters and -o overrides."""
+  options = [arg for f in WARNING_FILTERS for arg in ("-W", f)] + [arg for o in INI_OVERRIDES for arg in ("-o", o)]
+  paths = [os.path.join(ROOT, a) for a in args]  # joined as strings: a test id may hold "//" or "/."
   return subprocess.Popen(
-    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *filters, *args],
-    cwd=ROOT,
+    [*_pytest_as_this_session_runs_it(), "-q", "-p", "no:cacheprovider", *options, *paths],
     env={**os.environ, **(env or {}), _PARENT: str(os.getpid())},
     # The output waits in the pipe until `output` reads it (the child blocks if the pipe fills, never deadlocks).
     stdout=subprocess.PIPE,
@@ -103,18 +121,22 @@ class ChildSession:
     return outcomes
 
   def replay(self, nodeid: str) -> None:
-    """Ends as the child's run of ``nodeid`` did: returns where it passed, fails with its text where it failed,
-    skips where it was skipped. An xfail-marked test behaves as it did there: its marker here sees an xfail
-    as a failure (AssertionError), an XPASS as a pass, strict or not."""
+    """Ends as the child's run of ``nodeid`` did: returns where it passed, fails with its text where it failed
+    (``ChildFailure``), skips where it was skipped, xfails where it xfailed (marker, ``pytest.xfail`` or
+    ``unittest.expectedFailure``). An XPASS returns, and the test's xfail marker here makes it an XPASS
+    again, strict or not."""
     outcomes = self.outcomes
     if isinstance(outcomes, str):
-      raise AssertionError(outcomes)
-    assert nodeid in outcomes, f"{nodeid} did not run in the child session"
+      raise ChildFailure(outcomes)
+    if nodeid not in outcomes:
+      raise ChildFailure(f"{nodeid} did not run in the child session")
     outcome, text, _ = outcomes[nodeid]
     if outcome == "skipped":
       pytest.skip(text)
-    if outcome == "xfailed" or (outcome == "failed" and not text.startswith("[XPASS(strict)]")):
-      raise AssertionError(f"in the child session ({outcome}):\n{text}")
+    if outcome == "xfailed":
+      pytest.xfail(text)
+    if outcome == "failed" and not text.startswith("[XPASS(strict)]"):
+      raise ChildFailure(f"in the child session:\n{text}")
 
 
 _OUTCOMES: dict[str, list[str]] = {}
@@ -126,8 +148,11 @@ def record(report: pytest.TestReport) -> None:
     return
   if _OUTCOMES.get(report.nodeid, [""])[0] == "failed":
     return
-  outcome = "xfailed" if report.skipped and hasattr(report, "wasxfail") else report.outcome
-  text = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longreprtext
+  if report.skipped and hasattr(report, "wasxfail"):
+    outcome, text = "xfailed", report.wasxfail or "xfailed in the child session"
+  else:
+    outcome = report.outcome
+    text = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longreprtext
   _OUTCOMES[report.nodeid] = [outcome, text, f"{report.duration:.2f}"]
 
 

@@ -25,8 +25,10 @@ _JOBS: list[_background.ChildSession] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-  """A background job's child session gets this session's -W filters; a child dies with its session."""
+  """A background job's child session gets this session's -W filters and -o overrides; a child dies with its
+  session."""
   _background.WARNING_FILTERS[:] = config.known_args_namespace.pythonwarnings or []
+  _background.INI_OVERRIDES[:] = config.option.override_ini or []
   _background.die_with_parent()
 
 

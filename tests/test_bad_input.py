@@ -170,6 +170,7 @@ _RNG = np.random.default_rng(1)
 Z_LARGE = _RNG.normal(size=(8, 4096)).astype(np.float32)
 Y_LARGE = _RNG.integers(0, 4096, 8)
 P_LARGE = _RNG.dirichlet(np.ones(4096), 8).astype(np.float32)
+W_LARGE = np.broadcast_to(np.arange(4096) != 100, (8, 4096))  # keeps every class the faulty rows use
 
 
 def _large(array, value, column=3):
@@ -207,6 +208,18 @@ DATA = [
   ("nan-beside-inf", _int, (Z, Y), (np.array([[0.0, 1.0, 2.0], [np.nan, np.inf, 0.0]], np.float32), Y)),
   ("large-nan-beside-inf", _int, (Z_LARGE, Y_LARGE), (_large(_large(Z_LARGE, np.inf, 5), np.nan), Y_LARGE)),
   ("large-soft-nan-beside-inf", _soft, (Z_LARGE, P_LARGE), (_large(_large(Z_LARGE, np.inf, 5), np.nan), P_LARGE)),
+  (
+    "large-nan-beside-inf-masked",
+    lambda z, y: xent_jax.softmax_cross_entropy_with_integer_labels(z, y, where=W_LARGE),
+    (Z_LARGE, Y_LARGE),
+    (_large(_large(Z_LARGE, np.inf, 5), np.nan), Y_LARGE),
+  ),
+  (
+    "large-soft-nan-beside-inf-masked",
+    lambda z, p: xent_jax.softmax_cross_entropy(z, p, where=W_LARGE),
+    (Z_LARGE, P_LARGE),
+    (_large(_large(Z_LARGE, np.inf, 5), np.nan), P_LARGE),
+  ),
   (
     "linear-label-out-of-range",
     lambda h, y: xent_jax.linear_cross_entropy(h, np.ones((4, 3), np.float32), y),
