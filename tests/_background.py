@@ -7,8 +7,8 @@ and its waiting test reads the output with ``output``; and the test files that `
 those files), each of them here reporting the child's outcome for it (``replay``), so that the two cores of
 CI both run tests.
 
-A child runs as the session does (the same interpreter and ``-W`` options, ``-m pytest`` or the console
-script, the working directory) with the session's ``-W`` filters and ``-o`` overrides, and it
+A child runs as the session does (the same interpreter and its options, ``-m pytest`` or the console script,
+the working directory) with the session's pytest options that change outcomes (``configure``), and it
 never outlives the session: a session that stops early (``-x``, Ctrl-C) kills and reaps it (``stop``, from
 ``tests/conftest.py``), and on Linux the kernel kills it if the session's process dies (``die_with_parent``,
 which the child's ``tests/conftest.py`` calls), even by ``kill -9``.
@@ -32,34 +32,49 @@ TIMEOUT_S = 900
 _PARENT = "XENT_JAX_BACKGROUND_PARENT"
 _REPORT = "XENT_JAX_BACKGROUND_REPORT"  # in a ``ChildSession``'s child: where it writes each test's outcome
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-# The session's -W filters and -o ini overrides, set by tests/conftest.py when the session is configured.
-WARNING_FILTERS: list[str] = []
-INI_OVERRIDES: list[str] = []
+# The options of this session that a child shares (``configure``).
+_OPTIONS: list[str] = []
 
 
 class ChildFailure(Exception):
-  """A test failed in the child session (a type of its own, so that no ``xfail(raises=...)`` here takes it
-  for the exception it expects)."""
+  """A test failed in the child session, or did not run there."""
+
+
+def configure(config: pytest.Config) -> None:
+  """Keeps what a child must share with this session: its -W filters, -o overrides, -p plugins (the child
+  always runs without the cache), config file, rootdir, import mode and --runxfail."""
+  args = config.known_args_namespace
+  options = [arg for f in args.pythonwarnings or [] for arg in ("-W", f)]
+  options += [arg for o in config.option.override_ini or [] for arg in ("-o", o)]
+  options += [arg for p in args.plugins or [] if "cacheprovider" not in p for arg in ("-p", p)]
+  options += ["-c", args.inifilename] if args.inifilename else []
+  options += ["--rootdir", args.rootdir] if args.rootdir else []
+  options += [f"--import-mode={args.importmode}"] + (["--runxfail"] if config.option.runxfail else [])
+  _OPTIONS[:] = options
 
 
 def _pytest_as_this_session_runs_it() -> list[str]:
-  """This interpreter with its -W options, running pytest as this session does: ``-m pytest`` (sys.path
-  starts with the working directory) or the console script (it starts with the script's folder), so that a
-  child imports the xent_jax this session imports."""
+  """This interpreter with its -W, -X, -I and -P options, running pytest as this session does: the console
+  script (sys.path starts with its folder) or else ``-m pytest`` (it starts with the working directory), so
+  that a child imports the xent_jax this session imports."""
   python = [sys.executable, *(f"-W{option}" for option in sys.warnoptions)]
-  if pathlib.Path(sys.argv[0]).name == "__main__.py":
-    return [*python, "-m", "pytest"]
-  return [*python, sys.argv[0]]
+  python += [f"-X{k}" if v is True else f"-X{k}={v}" for k, v in sys._xoptions.items()]
+  python += ["-I"] if sys.flags.isolated else ["-P"] if getattr(sys.flags, "safe_path", False) else []
+  script = pathlib.Path(sys.argv[0])
+  if script.name.startswith(("pytest", "py.test")) and script.is_file():
+    return [*python, str(script)]
+  return [*python, "-m", "pytest"]
 
 
 def start(args: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen:
   """Starts pytest on ``args`` (paths or test ids under the repository root, absolute or relative to it) in
-  this session's working directory, quiet, with no cache, and this session's -W filters and -o overrides."""
-  options = [arg for f in WARNING_FILTERS for arg in ("-W", f)] + [arg for o in INI_OVERRIDES for arg in ("-o", o)]
+  this session's working directory, quiet, with no cache, and this session's options (``configure``; those
+  from PYTEST_ADDOPTS are among them, so the child does not read it)."""
   paths = [os.path.join(ROOT, a) for a in args]  # joined as strings: a test id may hold "//" or "/."
+  environment = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
   return subprocess.Popen(
-    [*_pytest_as_this_session_runs_it(), "-q", "-p", "no:cacheprovider", *options, *paths],
-    env={**os.environ, **(env or {}), _PARENT: str(os.getpid())},
+    [*_pytest_as_this_session_runs_it(), "-q", "-p", "no:cacheprovider", *_OPTIONS, *paths],
+    env={**environment, **(env or {}), _PARENT: str(os.getpid())},
     # The output waits in the pipe until `output` reads it (the child blocks if the pipe fills, never deadlocks).
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
@@ -121,10 +136,10 @@ class ChildSession:
     return outcomes
 
   def replay(self, nodeid: str) -> None:
-    """Ends as the child's run of ``nodeid`` did: returns where it passed, fails with its text where it failed
-    (``ChildFailure``), skips where it was skipped, xfails where it xfailed (marker, ``pytest.xfail`` or
-    ``unittest.expectedFailure``). An XPASS returns, and the test's xfail marker here makes it an XPASS
-    again, strict or not."""
+    """Ends as the child's run of ``nodeid`` did: returns where it passed (an XPASS reads as a pass here),
+    fails with its text where it failed (a strict XPASS, a setup or teardown error too), skips where it was
+    skipped, xfails where it xfailed. ``delegate`` has removed the test's own xfail marks and fixtures here,
+    so that nothing here reinterprets what the child reports."""
     outcomes = self.outcomes
     if isinstance(outcomes, str):
       raise ChildFailure(outcomes)
@@ -135,8 +150,16 @@ class ChildSession:
       pytest.skip(text)
     if outcome == "xfailed":
       pytest.xfail(text)
-    if outcome == "failed" and not text.startswith("[XPASS(strict)]"):
+    if outcome == "failed":
       raise ChildFailure(f"in the child session:\n{text}")
+
+  def delegate(self, item: pytest.Item) -> None:
+    """Makes ``item`` replay its outcome in the child instead of running: no fixtures or setup here (the child
+    runs them), and no xfail marks here (the child applies them)."""
+    for node in item.listchain():
+      node.own_markers = [mark for mark in node.own_markers if mark.name != "xfail"]
+    item.setup = item.teardown = lambda: None
+    item.runtest = functools.partial(self.replay, item.nodeid)
 
 
 _OUTCOMES: dict[str, list[str]] = {}

@@ -1,7 +1,5 @@
 """Test-wide JAX configuration (strict dtype promotion, rank promotion raises) and the background jobs."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -25,10 +23,9 @@ _JOBS: list[_background.ChildSession] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-  """A background job's child session gets this session's -W filters and -o overrides; a child dies with its
-  session."""
-  _background.WARNING_FILTERS[:] = config.known_args_namespace.pythonwarnings or []
-  _background.INI_OVERRIDES[:] = config.option.override_ini or []
+  """A background job's child session gets this session's options (``_background.configure``); a child dies
+  with its session."""
+  _background.configure(config)
   _background.die_with_parent()
 
 
@@ -73,7 +70,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     job = _background.ChildSession([item.nodeid for item in delegated])
     _JOBS.append(job)
     for item in delegated:
-      item.runtest = functools.partial(job.replay, item.nodeid)
+      job.delegate(item)
   for item in session.items:
     if _named_in_background_for(item):
       item.module.start_in_background()
