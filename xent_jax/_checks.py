@@ -153,7 +153,7 @@ def static_index(value: int | None, name: str) -> int | None:
   return int(value)
 
 
-def nan_where(bad: jax.Array, x: jax.Array) -> jax.Array:
+def nan_where(bad: jax.Array | bool, x: jax.Array) -> jax.Array:
   """``x`` with NaN where ``bad`` (a data fault), broadcast to their joint shape.
 
   The NaN enters through an ``add``, not a ``select``, so that

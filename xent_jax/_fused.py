@@ -325,7 +325,7 @@ def _label_shifted(
   def max_shifted(logits: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     # Every +inf row is here (its s is inf or NaN with the label shift); one with a NaN gets s = NaN.
     m, s = _max_shifted(logits, dtype, mask, class_axis)
-    return m, jnp.where(_nan_beside_inf(logits, mask, m, class_axis), jnp.nan, s)
+    return m, _checks.nan_where(_nan_beside_inf(logits, mask, m, class_axis), s)
 
   shift, s = jax.lax.cond(safe, lambda logits, mask: (z_c, s), max_shifted, logits, mask)
   return shift, s, safe
@@ -499,7 +499,7 @@ def _limit_loss(
   # a negative target.
   hit = jnp.minimum(jnp.maximum(jnp.minimum(p, nll - big), 0) / jnp.finfo(dtype).smallest_normal, 1)
   total = class_axis.sum(p * jnp.minimum(nll, big) + 0 * jnp.sqrt(p) + hit * big)
-  total = jnp.where(_nan_beside_inf(logits, mask, m, class_axis), jnp.nan, total)
+  total = _checks.nan_where(_nan_beside_inf(logits, mask, m, class_axis), total)
   return jnp.where(total >= big, jnp.inf, total)
 
 
@@ -560,13 +560,13 @@ def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask
   (YNNPACK) fusion that reads each row once (it does from 4096 rows up, as for
   optax's; measured, issue 15). A batch whose sum is not finite (a ±inf logit,
   or a negative target, which makes its row NaN) is summed again by
-  ``_soft_forward``, whose limits are careful; so is any batch with a ``where``
-  mask, and any batch of fewer
-  than ``_LIBRARY_REDUCE_SIZE`` logits. Two differences: a logit at the
-  dtype's largest finite value is summed here as the finite number it is
-  (the differentiated forward reads it as +inf); and with a +inf logit, z - M
-  is inf - inf here before the cond discards it, which ``checkify``'s
-  ``float_checks`` reports although the loss returned is the right limit.
+  ``_soft_forward``, whose limits are careful; so is any batch with a
+  ``where`` mask, and any batch of fewer than ``_LIBRARY_REDUCE_SIZE`` logits.
+  Two differences: a logit at the dtype's largest finite value is summed here
+  as the finite number it is (the differentiated forward reads it as +inf);
+  and with a +inf logit, z - M is inf - inf here before the cond discards it,
+  which ``checkify``'s ``float_checks`` reports although the loss returned is
+  the right limit.
   """
   if mask is not None or logits.size < _LIBRARY_REDUCE_SIZE:
     return _soft_forward(options, logits, labels, mask)[0]
