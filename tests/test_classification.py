@@ -620,7 +620,7 @@ class LibraryValuePathTest(parameterized.TestCase):
     for k, v in targets.items():
       p[0, k] = v
     z, p = jnp.asarray(z, dtype), jnp.asarray(p, dtype)
-    assert z.size >= xent_jax._fused._LIBRARY_REDUCE_SIZE
+    assert not xent_jax._fused._small(z)
     value = jax.jit(xent_jax.softmax_cross_entropy)(z, p)
     want = ref.softmax_cross_entropy(np.asarray(z, np.float64), np.asarray(p, np.float64))
     if row0 is not None:
@@ -630,10 +630,11 @@ class LibraryValuePathTest(parameterized.TestCase):
     chex.assert_trees_all_close(jnp.sum(value), differentiated, rtol=1e-6, strict=True)
 
   def test_summed_path_from_the_library_size(self):
-    """The loss alone takes ``_soft_value``'s summed path (a cond around the careful forward's) from 2¹⁵ logits."""
+    """The loss alone takes ``_soft_value``'s summed path (a cond around the careful forward's, which
+    has one of its own) from 2¹⁵ logits, and the few-pass path (no cond) below."""
     conds = lambda c: str(jax.make_jaxpr(xent_jax.softmax_cross_entropy)(jnp.zeros((8, c)), jnp.zeros((8, c))))
-    assert xent_jax._fused._LIBRARY_REDUCE_SIZE == 8 * 4096
-    assert conds(4096).count("cond[") == conds(4095).count("cond[") + 1
+    assert xent_jax._fused._SMALL_SIZE == 8 * 4096
+    assert (conds(4095).count("cond["), conds(4096).count("cond[")) == (0, 2)
 
   @parameterized.parameters("float32", "bfloat16")
   def test_negative_target_from_4096_rows(self, dtype):

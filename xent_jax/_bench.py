@@ -2,7 +2,8 @@
 
 For each logits shape (rows × classes) and dtype every function is jitted and
 compiled once, then timed in rounds: in each round every function runs three
-times in a row (best of three), the order rotated from round to round; a
+times in a row (best of three; a run of a function faster than 2 ms is as
+many calls back to back as fill 2 ms), the order rotated from round to round; a
 function's time in a run is the median over rounds. Ratios are taken within
 one run only. With ``--repeat k`` the whole suite is timed k times (the runs
 interleaved over the shapes, each run timing every shape in turn) and each
@@ -123,9 +124,24 @@ def _inputs(shape: tuple[int, int], dtype: str, seed: int = 0) -> tuple[jax.Arra
   return z, {"int": labels, "soft": soft}
 
 
+# A timed run of a function lasts at least this long: a call that takes less
+# is repeated back to back (the time of a call is then the run's over the
+# calls), so that a small shape's microseconds are not lost in the timer's
+# and the scheduler's noise.
+_MIN_RUN_SECONDS = 2e-3
+
+
+def _calls_per_run(fn: Callable[..., Any], args: tuple[Any, ...]) -> int:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return max(1, round(_MIN_RUN_SECONDS / (time.perf_counter() - start)))
+
+
 def time_compiled(compiled: Timed, rounds: int) -> dict[str, float]:
-  """Median over rounds of the best of three consecutive runs, order rotated per round."""
+  """Median over rounds of the best of three consecutive runs, order rotated per round (a run of
+  a fast function is several calls back to back, see ``_MIN_RUN_SECONDS``)."""
   names = list(compiled)
+  calls = {name: _calls_per_run(*compiled[name]) for name in names}
   times: dict[str, list[float]] = {name: [] for name in names}
   for r in range(rounds):
     for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -133,8 +149,10 @@ def time_compiled(compiled: Timed, rounds: int) -> dict[str, float]:
       best = float("inf")
       for _ in range(3):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
+        for _ in range(calls[name]):
+          out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - start) / calls[name])
       times[name].append(best)
   return {name: statistics.median(t) for name, t in times.items()}
 

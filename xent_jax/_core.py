@@ -91,7 +91,7 @@ def rows(labels: jax.Array, num_classes: int, opts: Options, kept: jax.Array | b
 
 
 def softmax_exists(s: jax.Array) -> jax.Array:
-  """Whether a row with s = Σ exp(z - M) (M its max, or a shift below it) has a softmax: 0 < s < inf.
+  """Whether a row with s = Σ exp(z - M) (M its max, or a shift below it) has a softmax: 0 < s < ∞.
 
   s = 0 when every allowed logit is -inf. s is NaN or +inf when a logit is
   NaN: XLA:CPU's library (YNNPACK) max and min drop a NaN operand instead of
@@ -100,9 +100,13 @@ def softmax_exists(s: jax.Array) -> jax.Array:
   since every exp(z - M) ≤ 1 otherwise. On a row that also holds a +inf
   logit the cap min(z - M, 0) drops the NaN and counts it as a +inf class;
   the kernels' +inf branches set s or the loss to NaN there
-  (``_fused._nan_beside_inf``).
+  (``_fused._nan_beside_inf``). Tested as log s finite, the same for every s
+  but a subnormal one (which the max shift, s ≥ 1, never gives), so that
+  the forward reads s once, through the log it needs anyway (with the label's
+  logit read once too, ``_fused._neg_log_softmax``, one fusion fewer on
+  XLA:CPU at 128×10; measured, issue 15).
   """
-  return (s > 0) & (s < jnp.inf)
+  return jnp.isfinite(jnp.log(s))
 
 
 def defined(rows: Rows, s: jax.Array) -> Rows:

@@ -8,6 +8,8 @@ there) and are a ``jax.custom_jvp`` built by ``_fused_loss``:
   of z (so large logits lose no precision to cancellation). M is the row max
   (Eq. 4.2.35); the integer-label kernel first tries the label's logit, which
   needs one pass over the logits instead of two (see ``_label_shifted``).
+  Below 2¹⁵ logits both kernels take a few-pass path instead (``_small``):
+  the max shift, and selects in place of conds.
 * The tangent is Σ_k (∂L/∂z_k) ż_k plus the labels' or class weights' terms,
   with ∂L/∂z = p̂·Σq - q (Eq. 4.2.29–4.2.31, 4.2.40) from the row factors of
   ``_core``, and p̂ = exp((z - M) - log s) recomputed from the logits (kept
@@ -36,6 +38,20 @@ from jax.typing import DTypeLike
 
 from xent_jax import _checks, _core
 from xent_jax._core import ClassAxis
+
+# Below this many logits a kernel's time is its number of fused passes more
+# than their work (XLA:CPU, issue 15: about 3 µs a pass beside ~10 µs a call
+# at 128×10), so the kernels take fewer passes there, with selects that
+# XLA:CPU's library (YNNPACK, which runs reductions from 4096 elements) does
+# not take (``_small``; measured to win up to 128×256, to lose from 256×256).
+# The size is per shard and per call: under ``vmap`` the unbatched one, so a
+# batch of small problems takes the few-pass path too.
+_SMALL_SIZE = 2**15
+
+
+def _small(logits: jax.Array) -> bool:
+  """Whether ``logits`` takes the kernels' few-pass path (see ``_SMALL_SIZE``)."""
+  return logits.size < _SMALL_SIZE
 
 
 def _finite_top(x: jax.Array) -> jax.Array:
@@ -69,7 +85,11 @@ def _exp_shifted(
     # exp(z - M) = 1 on them and 0 elsewhere, and p̂ = 1/k, the softmax's limit
     # (``_finite_top``). The cap is a per-row array: a broadcast constant that
     # two of XLA:CPU's reductions shared was stored as an N×C array (measured).
-    y = jnp.minimum(y, jnp.where(_infinite_row(shift), 0, jnp.inf).astype(dtype))
+    cap = jnp.where(_infinite_row(shift), 0, jnp.inf).astype(dtype)
+    # A select keeps a NaN logit's NaN where XLA:CPU's library min drops it
+    # (see ``_nan_beside_inf``), but keeps the pass out of that library: for
+    # the few-pass path only, which then needs no NaN test of its own.
+    y = jnp.where(y > cap, cap, y) if _small(logits) else jnp.minimum(y, cap)
   return jnp.exp(y if mask is None else jnp.where(mask, y, -jnp.inf))
 
 
@@ -99,8 +119,9 @@ def _nan_beside_inf(logits: jax.Array, mask: jax.Array | None, m: jax.Array, cla
   the select that applies it keeps those passes out of the library, whose min
   then propagates the NaN (measured; the ``large-*-masked`` rows of
   tests/test_bad_input.py hold it), and this test would store an N×C array.
+  False on the few-pass path too, whose select cap keeps the NaN in s.
   """
-  if mask is not None:
+  if mask is not None or _small(logits):
     return False
   # exp(-z²) is NaN for a NaN logit only (0 at ±inf), and a sum carries it: a
   # compare's flags were stored as an N×C array (XLA:CPU, measured). The
@@ -129,8 +150,8 @@ def _neg_log_softmax(logits: jax.Array, mask: jax.Array | None, m: jax.Array, lo
 
   Beside a +inf logit a finite class has p̂ = 0, so -log p̂ = +inf there.
   """
-  z = logits.astype(m.dtype)
-  nll = jnp.where(_infinite_row(m) & (z < jnp.inf), jnp.inf, log_s - (_finite_top(z) - m))
+  x = _finite_top(logits.astype(m.dtype))
+  nll = jnp.where(_infinite_row(m) & (x < m), jnp.inf, log_s - (x - m))
   return nll if mask is None else jnp.where(mask, nll, 0)
 
 
@@ -317,16 +338,20 @@ def _label_shifted(
   ≥ 5e-20 leaves room for class weights down to 1e-18 before a product
   flushes to 0), or is 0 or NaN where the row counts (``matters``). Under
   ``vmap`` both are computed. With a split class axis s is summed over the
-  shards first, so every shard takes the same branch.
+  shards first, so every shard takes the same branch. The few-pass path
+  (``_small``) takes the max shift with no cond: its passes cost more than
+  their reads there.
   """
-  s = class_axis.sum(_exp_shifted(logits, dtype, z_c, mask))
-  safe = jnp.all((s <= _MAX_LABEL_SHIFTED_SUM) & jnp.where(matters[..., None], s > 0, True))
 
   def max_shifted(logits: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     # Every +inf row is here (its s is inf or NaN with the label shift); one with a NaN gets s = NaN.
     m, s = _max_shifted(logits, dtype, mask, class_axis)
     return m, _checks.nan_where(_nan_beside_inf(logits, mask, m, class_axis), s)
 
+  if _small(logits):
+    return *max_shifted(logits, mask), jnp.zeros((), bool)
+  s = class_axis.sum(_exp_shifted(logits, dtype, z_c, mask))
+  safe = jnp.all((s <= _MAX_LABEL_SHIFTED_SUM) & jnp.where(matters[..., None], s > 0, True))
   shift, s = jax.lax.cond(safe, lambda logits, mask: (z_c, s), max_shifted, logits, mask)
   return shift, s, safe
 
@@ -393,6 +418,8 @@ def _label_exps(
   if not _shares_exps(logits):
     return _recomputed_exps(logits, mask, shift)
   dtype = shift.dtype
+  if _small(logits):
+    return _exp_shifted(logits, dtype, shift, mask, top=True)
   e = _exp_shifted(logits, dtype, _label_logit(logits, label, class_axis, dtype), mask)
   # The pass-through is branch 0 (taken when ``~safe`` is false): as branch 1,
   # XLA:CPU kept e out of the gradient's buffer (an N×C temporary; measured).
@@ -434,10 +461,11 @@ def _int_tangent(
     # by one number per row, in place (a per-element 1/s kept it apart).
     e = _label_exps(logits, mask, r.label, class_axis, shift, safe)
     softmax = f.softmax * _inverse(s)
-    if logits.dtype.itemsize < 4 and not _explicitly_sharded(logits):
-      # One coefficient per logit, so that reverse mode writes the 16-bit
-      # gradient in one pass (measured on XLA:CPU: a scatter of the labels' N
-      # entries would run on a float32 N×C array before a separate convert).
+    if (logits.dtype.itemsize < 4 or _small(logits)) and not _explicitly_sharded(logits):
+      # One coefficient per logit, so that reverse mode writes the gradient
+      # in one pass (measured on XLA:CPU: for 16-bit logits a scatter of the
+      # labels' N entries would run on a float32 N×C array before a separate
+      # convert; on the few-pass path it is two more fusions).
       label = jnp.where(_label_onehot(r.label, logits.shape), f.label, 0)
       out = class_axis.sum((softmax * e - label) * dz)
     else:
@@ -469,6 +497,17 @@ fused_integer_labels = _fused_loss(_int_forward, _int_tangent, _shares_exps)
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
 
 
+def _negative_nan(p: jax.Array) -> jax.Array:
+  """0·√p: 0 for p ≥ 0, NaN for a negative target, in an add that needs no select.
+
+  Constant, so its derivative is 0: the derivative of √p at p = 0 (a zero or
+  masked target) is infinite, and 0·∞ made the forward's own derivative NaN,
+  which second order (``check_grads``' jvp of jvp) reaches (issue 15). The
+  stop is free: it leaves no op in the compiled program.
+  """
+  return 0 * jnp.sqrt(jax.lax.stop_gradient(p))
+
+
 def _limit_loss(
   class_axis: ClassAxis,
   logits: jax.Array,
@@ -498,7 +537,7 @@ def _limit_loss(
   # normal p, and adds big to its row, which then reads +inf. 0·√p is NaN for
   # a negative target.
   hit = jnp.minimum(jnp.maximum(jnp.minimum(p, nll - big), 0) / jnp.finfo(dtype).smallest_normal, 1)
-  total = class_axis.sum(p * jnp.minimum(nll, big) + 0 * jnp.sqrt(p) + hit * big)
+  total = class_axis.sum(p * jnp.minimum(nll, big) + _negative_nan(p) + hit * big)
   total = _checks.nan_where(_nan_beside_inf(logits, mask, m, class_axis), total)
   return jnp.where(total >= big, jnp.inf, total)
 
@@ -516,6 +555,24 @@ def _soft_forward(
   dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
   m, s = _max_shifted(logits, dtype, mask, class_axis)
   log_s = jnp.log(s)
+  if _small(logits):
+    # In one pass of selects (see ``_small``): p·(-log p̂) where p > 0, else
+    # 0 (also beside -log p̂ = ∞), NaN for p < 0.
+    p = _targets(_like_logits(labels, logits), mask, dtype)
+    terms = jnp.where(p > 0, p * _neg_log_softmax(logits, mask, m, log_s), _negative_nan(p))
+    loss = class_axis.sum(terms)[..., 0]
+  else:
+    loss = _plain_loss(class_axis, logits, labels, mask, m, log_s)
+  # A kept row with no softmax (all its logits -inf, or a NaN logit) is NaN, whatever the sums gave.
+  loss = jnp.where(_rows_kept(mask, class_axis), _checks.nan_where(~_core.softmax_exists(s[..., 0]), loss), 0)
+  return loss, (m, s, jnp.isnan(loss)[..., None])
+
+
+def _plain_loss(
+  class_axis: ClassAxis, logits: jax.Array, labels: jax.Array, mask: jax.Array | None, m: jax.Array, log_s: jax.Array
+) -> jax.Array:
+  """``_soft_forward``'s loss per row, (...), summed plainly where that is finite, else by ``_limit_loss``."""
+  dtype = m.dtype
   # L = Σ p·(log s - y), y = z - M, non-negative terms, summed without a
   # select (XLA:CPU would store a select's N×C result). The 0·√p term is 0
   # for p ≥ 0 and NaN for a negative target, which makes that row NaN with
@@ -527,10 +584,10 @@ def _soft_forward(
   x, targets, shift = jax.lax.optimization_barrier((logits, labels, m))
   y = x.astype(dtype) - shift
   p = _targets(targets, mask, dtype)
-  loss = class_axis.sum(p * (log_s - y) + 0 * jnp.sqrt(p))[..., 0]
+  loss = class_axis.sum(p * (log_s - y) + _negative_nan(p))[..., 0]
   # The fallback takes the inputs as they are: a converted copy as an operand
   # of the cond would be stored (an N×C float32 temporary for 16-bit inputs).
-  loss = jax.lax.cond(
+  careful: jax.Array = jax.lax.cond(
     jnp.all(jnp.isfinite(loss)) & ~jnp.any(_infinite_row(m)),
     lambda *_: loss,
     lambda *args: _limit_loss(class_axis, *args)[..., 0],
@@ -540,15 +597,7 @@ def _soft_forward(
     m,
     log_s,
   )
-  # A kept row with no softmax (all its logits -inf, or a NaN logit) is NaN, whatever the sums gave.
-  loss = jnp.where(_rows_kept(mask, class_axis), _checks.nan_where(~_core.softmax_exists(s[..., 0]), loss), 0)
-  return loss, (m, s, jnp.isnan(loss)[..., None])
-
-
-# From this many logits up the soft-label loss alone is summed by ``_soft_value``; below, its
-# extra kernels (the min over the targets, a second cond) cost more than its simpler passes save
-# (measured on XLA:CPU at 128×10, issue 15).
-_LIBRARY_REDUCE_SIZE = 2**15
+  return careful
 
 
 def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -561,14 +610,14 @@ def _soft_value(options: SoftOptions, logits: jax.Array, labels: jax.Array, mask
   optax's; measured, issue 15). A batch whose sum is not finite (a ±inf logit,
   or a negative target, which makes its row NaN) is summed again by
   ``_soft_forward``, whose limits are careful; so is any batch with a
-  ``where`` mask, and any batch of fewer than ``_LIBRARY_REDUCE_SIZE`` logits.
+  ``where`` mask, and any batch on the few-pass path (``_small``).
   Two differences: a logit at the dtype's largest finite value is summed here
   as the finite number it is (the differentiated forward reads it as +inf);
   and with a +inf logit, z - M is inf - inf here before the cond discards it,
   which ``checkify``'s ``float_checks`` reports although the loss returned is
   the right limit.
   """
-  if mask is not None or logits.size < _LIBRARY_REDUCE_SIZE:
+  if mask is not None or _small(logits):
     return _soft_forward(options, logits, labels, mask)[0]
   class_axis = options.class_axis
   dtype = _checks.compute_dtype(logits.dtype, labels.dtype)
@@ -638,8 +687,9 @@ def _soft_tangent(
   if dlogits is not None:
     labels = _like_logits(labels, logits)
     # Σp from a barrier'd view of the targets: XLA:CPU shared their float32
-    # conversion between Σp and the gradient, and stored it (measured, bf16).
-    total = class_axis.sum(_targets(jax.lax.optimization_barrier(labels), mask, m.dtype))
+    # conversion between Σp and the gradient, and stored it (measured, bf16);
+    # on the few-pass path the shared read saves a pass.
+    total = class_axis.sum(_targets(labels if _small(logits) else jax.lax.optimization_barrier(labels), mask, m.dtype))
     dz = dlogits.astype(m.dtype)
     e_dz = class_axis.sum(_soft_exps(logits, mask, m) * dz)
     out = (scale * total * _inverse(s)) * e_dz - scale * class_axis.sum(_targets(labels, mask, m.dtype) * dz)
