@@ -556,10 +556,15 @@ def _soft_forward(
   m, s = _max_shifted(logits, dtype, mask, class_axis)
   log_s = jnp.log(s)
   if _small(logits):
-    # In one pass of selects (see ``_small``): p·(-log p̂) where p > 0, else
-    # 0 (also beside -log p̂ = ∞), NaN for p < 0.
+    # In one pass of selects (see ``_small``): p·(-log p̂) where p > 0 (+inf
+    # where p̂ = 0), else 0 (also beside p̂ = 0), NaN for p < 0. No product
+    # meets an infinite -log p̂, not even in a branch the select drops: 0·∞
+    # there was reported by checkify, and XLA:CPU folds p > 0 as true for a
+    # subnormal constant p that it flushes to 0 at run time (then 0·∞ = NaN).
     p = _targets(_like_logits(labels, logits), mask, dtype)
-    terms = jnp.where(p > 0, p * _neg_log_softmax(logits, mask, m, log_s), _negative_nan(p))
+    nll = _neg_log_softmax(logits, mask, m, log_s)
+    finite = nll < jnp.inf
+    terms = jnp.where(p > 0, jnp.where(finite, p * jnp.where(finite, nll, 0), jnp.inf), _negative_nan(p))
     loss = class_axis.sum(terms)[..., 0]
   else:
     loss = _plain_loss(class_axis, logits, labels, mask, m, log_s)
