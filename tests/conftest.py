@@ -16,6 +16,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 IN_CHILD = (
   "tests/test_autodiff_modes.py",
   "tests/test_classification.py",
+  "tests/test_large_path.py",
   "tests/test_linear.py",
   "tests/test_pytorch.py",
 )
