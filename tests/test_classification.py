@@ -659,6 +659,19 @@ class LibraryValuePathTest(parameterized.TestCase):
     assert xent_jax._fused._SMALL_SIZE == 8 * 4096
     assert (conds(4095).count("cond["), conds(4096).count("cond[")) == (0, 2)
 
+  def test_sums_start_from_their_own_negative_zero(self):
+    """The summed path's two sums start from -0.0 in a reduce that JAX keeps (not ``reduce_sum``, whose
+    0.0 XLA merges with the caller's; see ``_fused._own_sum``), and a -0.0 target is a 0, not a negative
+    one (the NaN check's min is -0.0 there)."""
+    z, p = self._batch(np.float32)
+    jaxpr = str(jax.make_jaxpr(lambda z, p: jnp.mean(xent_jax.softmax_cross_entropy(z, p)))(z, p))
+    outer = jaxpr.split("cond[")[0]  # the summed path, before its cond
+    assert (outer.count("reduce["), outer.count("reduce_sum[")) == (2, 0), outer
+    assert outer.count("-0.0:f32[]") >= 2, outer
+    p[3, :5] = -0.0
+    want = ref.softmax_cross_entropy(z.astype(np.float64), p.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(jax.jit(xent_jax.softmax_cross_entropy)(z, p), np.float64), want, rtol=2e-6)
+
   @parameterized.parameters("float32", "bfloat16")
   def test_negative_target_from_4096_rows(self, dtype):
     """From 4096 rows XLA:CPU runs the row min of the targets inside the sum's library fusion; its √ of a
