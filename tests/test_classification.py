@@ -597,6 +597,28 @@ class FullyMaskedRowTest(parameterized.TestCase):
     self.assertTrue(np.isfinite(hessian).all())
     np.testing.assert_array_equal(hessian[1], 0.0)
 
+  @parameterized.parameters(5, 8192)  # the few-pass and the large-input path
+  def test_ignored_row_with_a_nan_logit_reaches_no_other_derivative(self, classes):
+    """An ignored row counts 0 whatever its logits: with a NaN one, forward mode of the batch's sum is
+    still finite on every other row (its tangent was 0·NaN, which reached every direction of ``jacfwd``),
+    and 0 on the ignored row; reverse mode is NaN only at that logit (its 0·NaN, as in PyTorch)."""
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(4, classes)).astype(np.float32)
+    z[1, 2] = np.nan
+    y = np.array([0, -100, 3, 1])
+    total = lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, y, ignore_index=-100))
+    kept = np.array([0, 2, 3])
+    want = jax.grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, y[kept])))(z[kept])
+    grad = jax.jit(jax.grad(total))(z)
+    np.testing.assert_allclose(grad[kept], want, rtol=1e-6, atol=1e-7)
+    self.assertEqual(np.isnan(grad[1]).tolist(), [k == 2 for k in range(classes)])
+    # Forward mode along three directions: one on a kept row's logit, one on the ignored row, one on both.
+    directions = np.zeros((3, *z.shape), np.float32)
+    directions[0, 0, 1] = directions[1, 1, 0] = 1
+    directions[2, 2] = directions[2, 1] = 1
+    jvps = jax.jit(jax.vmap(lambda d: jax.jvp(total, (z,), (d,))[1]))(directions)
+    np.testing.assert_allclose(jvps, [want[0, 1], 0.0, np.sum(want[1])], rtol=1e-5, atol=1e-6)
+
 
 class LibraryValuePathTest(parameterized.TestCase):
   """The soft-label loss alone, without a mask, from 2¹⁵ logits up (``xent_jax._fused._soft_value``).

@@ -492,7 +492,9 @@ def _int_tangent(
       nll = jnp.where(counts, _neg_log_softmax(logits, mask, shift, log_s), 0)
       per_row = per_row + eps * class_axis.sum(uniform * _weights_row(dw, logits.ndim) * nll)
     out = out + f.scale * per_row
-  return out[..., 0]
+  # A row that does not count (ignored, or kept by no ``where``) has no tangent, even with
+  # a NaN logit, whose 0·NaN would otherwise reach every direction of ``jacfwd`` of a sum.
+  return jnp.where(f.scale != 0, out, 0)[..., 0]
 
 
 # Per-row loss over the last axis: fused_integer_labels(options, logits, labels, weights, mask);
