@@ -598,6 +598,42 @@ class FullyMaskedRowTest(parameterized.TestCase):
     np.testing.assert_array_equal(hessian[1], 0.0)
 
   @parameterized.parameters(5, 8192)  # the few-pass and the large-input path
+  def test_second_order_in_the_class_weights_skips_empty_rows(self, classes):
+    """Reverse over reverse in the class weights (a gradient penalty) with a row that ``where`` masks out
+    and an ignored row of -inf logits (both s = 0): the same as without those rows. A row factor divided
+    by s = 0 sent its cotangent 0/0 = NaN to the label's weight (review of issue 15)."""
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(4, classes)).astype(np.float32)
+    z[2] = -np.inf
+    y = np.array([0, 2, -100, 1])
+    w = rng.uniform(0.5, 2.0, classes).astype(np.float32)
+    kept_rows = np.array([True, False, True, True])
+    kept = np.array([0, 3])
+
+    def penalty(w, z, y, where):
+      loss = lambda z: jnp.sum(
+        xent_jax.softmax_cross_entropy_with_integer_labels(z, y, class_weights=w, ignore_index=-100, where=where)
+      )
+      return jnp.sum(jax.grad(loss)(z) ** 2)
+
+    got = jax.jit(jax.grad(penalty))(w, z, y, kept_rows)
+    want = jax.jit(jax.grad(penalty))(w, z[kept], y[kept], kept_rows[kept])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+  @parameterized.parameters(5, 8192)
+  def test_a_counted_row_without_softmax_is_nan_on_its_whole_gradient_row(self, classes):
+    """All -inf logits, or a NaN logit, in a row that counts: NaN on every entry of its gradient row, as
+    optax (not 0 where a row factor of NaN over s = 0 was replaced by 0; review of issue 15)."""
+    z = np.zeros((3, classes), np.float32)
+    z[1] = -np.inf
+    z[2, 3] = np.nan
+    grad = jax.jit(
+      jax.grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, np.array([0, 1, 2]))))
+    )(z)
+    self.assertTrue(np.isnan(grad[1:]).all())
+    self.assertTrue(np.isfinite(grad[0]).all())
+
+  @parameterized.parameters(5, 8192)  # the few-pass and the large-input path
   def test_ignored_row_with_a_nan_logit_reaches_no_other_derivative(self, classes):
     """An ignored row counts 0 whatever its logits: with a NaN one, forward mode of the batch's sum is
     still finite on every other row (its tangent was 0·NaN, which reached every direction of ``jacfwd``),
