@@ -495,6 +495,21 @@ class TraceAndBatchTest(parameterized.TestCase):
     chex.assert_trees_all_close(batched, mapped, strict=True)
     chex.assert_trees_all_close(g_mapped, g_batched, atol=1e-7, strict=True)
 
+  def test_empty_batch(self):
+    """A batch of no examples gives no losses and an empty gradient, as optax (it raised in the class
+    axis's reshape; review of issue 15)."""
+    z = jnp.zeros((0, 4))
+    for fn, y, theirs in (
+      (
+        xent_jax.softmax_cross_entropy_with_integer_labels,
+        jnp.zeros(0, jnp.int32),
+        optax.losses.softmax_cross_entropy_with_integer_labels,
+      ),
+      (xent_jax.softmax_cross_entropy, z, optax.losses.softmax_cross_entropy),
+    ):
+      value, grad = jax.jit(jax.value_and_grad(lambda z, y, fn=fn: jnp.sum(fn(z, y))))(z, y)
+      self.assertEqual((fn(z, y).shape, float(value), grad.shape), (theirs(z, y).shape, 0.0, (0, 4)))
+
 
 class InfiniteLogitsTest(parameterized.TestCase):
   """+inf logits: the softmax's limit is uniform over the infinite classes (issue: NaN before)."""

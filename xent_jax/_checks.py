@@ -72,7 +72,8 @@ def classes_last(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """Moves ``axes`` to the end (in order) and flattens them into one class axis."""
   batch = tuple(a for a in range(x.ndim) if a not in axes)
   x = jnp.transpose(x, batch + axes) if batch + axes != tuple(range(x.ndim)) else x
-  return x.reshape(*x.shape[: len(batch)], -1)
+  # The class size spelled out: -1 cannot be inferred for an empty batch.
+  return x.reshape(*x.shape[: len(batch)], math.prod(x.shape[len(batch) :]))
 
 
 def fits(shape: tuple[int, ...], target_shape: tuple[int, ...]) -> bool:
