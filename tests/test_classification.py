@@ -514,6 +514,21 @@ class TraceAndBatchTest(parameterized.TestCase):
 class InfiniteLogitsTest(parameterized.TestCase):
   """+inf logits: the softmax's limit is uniform over the infinite classes (issue: NaN before)."""
 
+  @parameterized.parameters(8, 4096)  # the few-pass path, with a row of fewer and of more than 4095 classes
+  def test_rows_without_softmax_are_nan_and_reported(self, classes):
+    """A row whose allowed logits are all -inf, its label on a masked class, and a row with a NaN beside
+    a +inf logit (XLA:CPU's library max drops the NaN from 4096 elements): NaN, and checkify reports it.
+    A few-pass forward that left these rows to the arithmetic gave -inf and +inf (review of issue 15)."""
+    z = np.zeros((2, classes), np.float32)
+    z[0, 1:] = -np.inf
+    z[1, 0], z[1, 1] = np.inf, np.nan
+    where = np.ones((2, classes), bool)
+    where[0, 0] = False
+    loss = lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, np.array([0, 2]), where=where)
+    err, value = jax.jit(checkify.checkify(loss, errors=checkify.float_checks))(z)
+    self.assertTrue(np.isnan(value).all(), value)
+    self.assertIsNotNone(err.get())
+
   Z = np.array([[np.inf, 1.0, 2.0], [np.inf, np.inf, 0.0], [1.0, np.inf, 0.0]], np.float32)
   LABELS = np.array([0, 1, 0])
   # The limits: loss -log p̂_c with p̂ = 1/k on the k infinite classes; gradient p̂ - onehot.

@@ -398,11 +398,7 @@ def _int_forward(
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
   z_c = _label_logit(logits, r.label, class_axis, dtype)
   shift, s, safe = _label_shifted(logits, dtype, mask, z_c, r.rows.counted & r.rows.valid, class_axis)
-  # A row with no softmax (s = 0: every allowed logit -inf; or a NaN logit) is NaN where it counts.
-  # The few-pass path's max shift keeps a NaN logit's NaN in s (see ``_exp_shifted``), so there the
-  # arithmetic gives that NaN (log 0 - (-inf - 0), or NaN) with no test of s, which kept the exp-sum
-  # out of the loss's fusion (XLA:CPU, issue 15: 5 fusions to 4 at 128×10, optax's 4).
-  rows = r.rows if _small(logits) else _core.defined(r.rows, s)
+  rows = _core.defined(r.rows, s)
   log_s = jnp.log(s)
   label_nll = _neg_log_softmax(z_c, None, shift, log_s)
   smooth = None
