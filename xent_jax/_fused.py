@@ -132,8 +132,14 @@ def _nan_beside_inf(logits: jax.Array, mask: jax.Array | None, m: jax.Array, cla
 
 
 def _inverse(s: jax.Array) -> jax.Array:
-  """1/s, and 0 for an empty row (s = 0: every class masked), whose exps are all 0."""
-  return jnp.where(s > 0, 1 / s, 0)
+  """1/s, and 0 for an empty row (s = 0: every class masked), whose exps are all 0.
+
+  The empty row's 1/s is of 1, not 0: 1/0 = inf there met the zero cotangent of
+  the where's dropped branch as 0·inf = NaN in second order (reverse over
+  reverse with an ignored row of -inf logits; review of issue 15).
+  """
+  kept = s > 0
+  return jnp.where(kept, 1 / jnp.where(kept, s, 1), 0)
 
 
 def _rows_kept(mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array | bool:
