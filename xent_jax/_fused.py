@@ -131,15 +131,17 @@ def _nan_beside_inf(logits: jax.Array, mask: jax.Array | None, m: jax.Array, cla
   return _infinite_row(m) & jnp.isnan(class_axis.sum(jnp.exp(-z * z)))
 
 
-def _inverse(s: jax.Array) -> jax.Array:
-  """1/s, and 0 for an empty row (s = 0: every class masked), whose exps are all 0.
+def _over(a: jax.Array | float, s: jax.Array) -> jax.Array:
+  """a/s, and 0 for an empty row (s = 0: every class masked), whose exps are all 0.
 
-  The empty row's 1/s is of 1, not 0: 1/0 = inf there met the zero cotangent of
-  the where's dropped branch as 0·inf = NaN in second order (reverse over
-  reverse with an ignored row of -inf logits; review of issue 15).
+  The empty row divides by 1, not 0: a/0 in the where's dropped branch met its
+  zero cotangent as 0·inf = NaN in second order (reverse over reverse with an
+  ignored row of -inf logits; review of issue 15). A row factor that may be NaN
+  (a bad label's) multiplies ``_over(1, s)`` instead, which keeps the NaN on an
+  empty row.
   """
   kept = s > 0
-  return jnp.where(kept, 1 / jnp.where(kept, s, 1), 0)
+  return jnp.where(kept, a / jnp.where(kept, s, 1), 0)
 
 
 def _rows_kept(mask: jax.Array | None, class_axis: ClassAxis) -> jax.Array | bool:
@@ -466,7 +468,7 @@ def _int_tangent(
     # p̂ = e/s with 1/s folded into the row factor: reverse mode then scales e
     # by one number per row, in place (a per-element 1/s kept it apart).
     e = _label_exps(logits, mask, r.label, class_axis, shift, safe)
-    softmax = f.softmax * _inverse(s)
+    softmax = f.softmax * _over(1, s)
     if (logits.dtype.itemsize < 4 or _small(logits)) and not _explicitly_sharded(logits):
       # One coefficient per logit, so that reverse mode writes the gradient
       # in one pass (measured on XLA:CPU: for 16-bit logits a scatter of the
@@ -732,11 +734,8 @@ def _soft_tangent(
     e_dz = class_axis.sum(_soft_exps(logits, mask, m) * dz)
     # Σp/s as one division (not Σp times 1/s), so that XLA:CPU computes Σp in
     # its reduction's own fusion, as optax's autodiff does (measured, issue 15:
-    # 10 fusions to 9 in the 128×10 value_and_grad). An empty row (s = 0)
-    # divides by 1: a cotangent of 0 there, not 0/0; its NaN, if any, is scale's.
-    kept = s > 0
-    factor = scale * jnp.where(kept, total / jnp.where(kept, s, 1), 0)
-    out = factor * e_dz - scale * class_axis.sum(_targets(labels, mask, m.dtype) * dz)
+    # 10 fusions to 9 in the 128×10 value_and_grad); a bad row's NaN is scale's.
+    out = (scale * _over(total, s)) * e_dz - scale * class_axis.sum(_targets(labels, mask, m.dtype) * dz)
   if dlabels is not None:
     # ∂L/∂p = -log p̂ (+inf on a class with z = -inf, as the mathematics says).
     dp = _targets(_like_logits(dlabels, logits), mask, m.dtype)
