@@ -49,9 +49,17 @@ from xent_jax._core import ClassAxis
 _SMALL_SIZE = 2**15
 
 
+def _size_at_most(x: jax.Array, limit: int) -> bool:
+  """Whether ``x`` is known to hold at most ``limit`` elements; False for a symbolic shape
+  (``jax.export``'s polymorphic batch), whose size is not known until the call."""
+  size = x.size
+  return isinstance(size, int) and size <= limit
+
+
 def _small(logits: jax.Array) -> bool:
-  """Whether ``logits`` takes the kernels' few-pass path (see ``_SMALL_SIZE``)."""
-  return logits.size < _SMALL_SIZE
+  """Whether ``logits`` takes the kernels' few-pass path (see ``_SMALL_SIZE``); a symbolic
+  shape takes the larger path, which is right at every size."""
+  return _size_at_most(logits, _SMALL_SIZE - 1)
 
 
 def _finite_top(x: jax.Array) -> jax.Array:
@@ -179,7 +187,7 @@ def _shares_exps(logits: jax.Array) -> bool:
   an N×C temporary twice the logits' size, so above 16 MiB of them the tangent
   recomputes and writes the 16-bit gradient in one pass.
   """
-  return logits.dtype.itemsize >= 4 or logits.size * 4 <= _SHARED_16BIT_EXPS_BYTES
+  return logits.dtype.itemsize >= 4 or _size_at_most(logits, _SHARED_16BIT_EXPS_BYTES // 4)
 
 
 def _recomputed_exps(logits: jax.Array, mask: jax.Array | None, shift: jax.Array) -> jax.Array:

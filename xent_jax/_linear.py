@@ -71,6 +71,11 @@ def _block_shape(tokens: int, vocab: int, chunk_size: int | tuple[int, int] | No
   takes all tokens in 16 MiB; an int ``chunk_size`` sets it. The tokens are
   then blocked to keep a block within 16 MiB. A pair sets (tokens, classes).
   """
+  if not isinstance(tokens, int):
+    raise ValueError(
+      "linear_cross_entropy needs a known number of tokens to block them (the embeddings' "
+      f"batch shape), got the symbolic {tokens}: export it with a concrete batch."
+    )
   if isinstance(chunk_size, tuple):
     rows, classes = chunk_size
     return max(1, min(rows, tokens)), min(classes, vocab)
