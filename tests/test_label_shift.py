@@ -9,7 +9,9 @@ rounding of log s, about ulp(log s)/2 relative (1e-6 and more for s above
 XLA:CPU, and p̂ = 0. Each row below is its own call (``vmap``, so each takes
 its own branch) with s from just above 2³² up to 2¹²⁷·⁵ (near float32's
 overflow), and three large classes (p̂ ≈ 0.55, 0.28, 0.16) whose gradient
-entries must match float64 to 2e-7 relative. The shortcut is the path of
+entries must match float64 to 2e-7 relative. The bound itself is tested by class weights
+of 1e-18 on rows just above it, whose w_c/s would flush to 0 under the label
+shift once the bound is loosened past about 2⁶⁷. The shortcut is the path of
 large inputs; these 8-class rows would take the few-pass path, which shifts
 by the max, so the tests run on the other (``_paths.LargePath``).
 """
@@ -71,3 +73,30 @@ class LabelShiftBoundTest(_paths.LargePath, chex.TestCase):
     np.testing.assert_array_less(0.1, expected[:, large])
     np.testing.assert_allclose(grad[:, large], expected[:, large], rtol=2e-7, atol=0)
     np.testing.assert_allclose(grad, expected, rtol=0, atol=2e-7)
+
+  @chex.variants(with_jit=True)
+  def test_small_class_weights_just_above_the_bound_keep_their_gradient(self):
+    """The bound 2⁶⁴ itself: w_c·(1/s) must stay a normal number (``_label_shifted``'s docstring).
+
+    Rows with s from just above 2⁶⁴ to 2⁷² and class weights of 1e-18 take the max shift; with
+    the bound loosened they would take the label shift, where w_c/s ≤ 1e-18·2⁻⁶⁷ is subnormal,
+    flushed to 0 by XLA:CPU, and their gradients 0.
+    """
+    bits = np.linspace(64.05, 72.0, 16)
+    z = np.zeros((bits.size, 1 + _TOP.size + _OTHERS.size), np.float32)
+    z[:, 1:4] = (bits * np.log(2.0) - np.log(np.exp(_TOP.astype(np.float64)).sum())).astype(np.float32)[:, None] + _TOP
+    z[:, 4:] = _OTHERS
+    labels = np.zeros(bits.size, np.int32)
+    weights = np.full(z.shape[-1], 1e-18, np.float32)
+
+    def row_grad(z, label):
+      loss = lambda z: jnp.sum(
+        xent_jax.softmax_cross_entropy_with_integer_labels(z[None], label[None], class_weights=weights)
+      )
+      return jax.grad(loss)(z)
+
+    grad = np.asarray(self.variant(jax.vmap(row_grad))(jnp.asarray(z), jnp.asarray(labels)), np.float64)
+    expected = 1e-18 * _reference_grad(z, labels)
+    large = slice(1, 1 + _TOP.size)
+    np.testing.assert_array_less(1e-19, expected[:, large])
+    np.testing.assert_allclose(grad[:, large], expected[:, large], rtol=1e-6)

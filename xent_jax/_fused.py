@@ -275,12 +275,16 @@ def _pick_label(x: jax.Array, label: _Label, class_axis: ClassAxis) -> jax.Array
   ``iota == label`` one-hot in the N×C backward cost 20% of a
   value_and_grad), except for explicitly sharded logits, where a gather's
   output sharding is ambiguous: there it is a one-hot sum, partial per shard.
+  The column is clipped, so the gather takes it unsigned and promised in
+  bounds: with jnp's default wrap of negative indices and NaN fill of
+  out-of-bounds ones, XLA:CPU computed both per element in the exp-sum's
+  fusion, which then read the labels too (one fusion more at 32×32768).
   """
   if _explicitly_sharded(x):
     iota = jax.lax.broadcasted_iota(label.column.dtype, x.shape, x.ndim - 1)
     picked = jnp.sum(jnp.where(iota == label.column[..., None], x, 0), axis=-1, keepdims=True)
   else:
-    picked = jnp.take_along_axis(x, label.column[..., None], axis=-1)
+    picked = jnp.take_along_axis(x, label.column[..., None].astype(jnp.uint32), axis=-1, mode="promise_in_bounds")
   if class_axis.axis_name is None:
     return picked
   return class_axis.sum(jnp.where(jnp.expand_dims(label.here, -1), picked, 0))
@@ -335,16 +339,39 @@ def _label_logit(logits: jax.Array, label: _Label, class_axis: ClassAxis, dtype:
   return _pick_label(jax.lax.optimization_barrier(logits), label, class_axis).astype(dtype)
 
 
+# The differentiated integer forward shifts by the label's logit from this many
+# bytes of logits up, and by the row max below (``_first_shift``).
+_LABEL_SHIFT_BYTES = 2**24
+
+
+def _first_shift(
+  logits: jax.Array, dtype: DTypeLike, mask: jax.Array | None, z_c: jax.Array, class_axis: ClassAxis, grad: bool
+) -> jax.Array:
+  """The shift ``_label_shifted`` tries first: the label's logit z_c, or for a differentiated
+  forward (``grad``) of less than 16 MiB of logits, the row max, which costs a pass more.
+
+  Measured on XLA:CPU (issue 15, a 2-core EPYC with 32 MiB of L3): while the
+  logits and their gradient fit in the cache, the value_and_grad with the max
+  shift ran 4-12% faster than with z_c (1024×1000, 32×32768, 128×32768, the
+  same fusions but for the max), and above it 5-10% slower (256×32768,
+  512×32768). The value alone is faster with z_c at every size measured.
+  """
+  if grad and _size_at_most(logits, _LABEL_SHIFT_BYTES // logits.dtype.itemsize - 1):
+    return _row_max(logits, dtype, mask, class_axis)
+  return z_c
+
+
 def _label_shifted(
   logits: jax.Array,
   dtype: DTypeLike,
   mask: jax.Array | None,
-  z_c: jax.Array,
+  first: jax.Array,
   matters: jax.Array,
   class_axis: ClassAxis,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(shift, s) with s = Σ exp(z - shift): shift = the label's logit z_c when that is finite for
-  the batch, else the row max M (Eq. 4.2.35); and whether the label shift was taken.
+  """(shift, s) with s = Σ exp(z - shift): shift = ``first`` (the label's logit z_c or the row
+  max, see ``_first_shift``) when that is finite for the batch, else the careful row max M
+  (Eq. 4.2.35); and whether ``first`` was taken.
 
   Shifting by z_c needs one pass over the logits (the max needs a second) and
   gives the loss as log s exactly, with no cancellation of M against z_c. p̂ =
@@ -366,9 +393,9 @@ def _label_shifted(
 
   if _small(logits):
     return *max_shifted(logits, mask), jnp.zeros((), bool)
-  s = class_axis.sum(_exp_shifted(logits, dtype, z_c, mask))
+  s = class_axis.sum(_exp_shifted(logits, dtype, first, mask))
   safe = jnp.all((s <= _MAX_LABEL_SHIFTED_SUM) & jnp.where(matters[..., None], s > 0, True))
-  shift, s = jax.lax.cond(safe, lambda logits, mask: (z_c, s), max_shifted, logits, mask)
+  shift, s = jax.lax.cond(safe, lambda logits, mask: (first, s), max_shifted, logits, mask)
   return shift, s, safe
 
 
@@ -405,15 +432,22 @@ _Stats = tuple[jax.Array, jax.Array, jax.Array]
 
 
 def _int_forward(
-  options: IntegerOptions, logits: jax.Array, labels: jax.Array, weights: jax.Array | None, mask: jax.Array | None
+  options: IntegerOptions,
+  logits: jax.Array,
+  labels: jax.Array,
+  weights: jax.Array | None,
+  mask: jax.Array | None,
+  grad: bool = True,
 ) -> tuple[jax.Array, _Stats]:
+  """The loss per row and the row statistics; ``grad`` is False for the value alone (``_int_value``)."""
   dtype = _checks.compute_dtype(logits.dtype)
   class_axis = options.class_axis
   r = _integer_rows(options, logits, labels, weights, mask, dtype)
   # As optax: the label's logit is read unmasked, so a label on a masked class
   # gives lse_masked(z) - z_c and the gradient p̂ - onehot, which agree.
   z_c = _label_logit(logits, r.label, class_axis, dtype)
-  shift, s, safe = _label_shifted(logits, dtype, mask, z_c, r.rows.counted & r.rows.valid, class_axis)
+  first = _first_shift(logits, dtype, mask, z_c, class_axis, grad)
+  shift, s, safe = _label_shifted(logits, dtype, mask, first, r.rows.counted & r.rows.valid, class_axis)
   rows = _core.defined(r.rows, s)
   log_s = jnp.log(s)
   label_nll = _neg_log_softmax(z_c, None, shift, log_s)
@@ -425,18 +459,25 @@ def _int_forward(
   return value[..., 0], (shift, s, safe)
 
 
+def _int_value(
+  options: IntegerOptions, logits: jax.Array, labels: jax.Array, weights: jax.Array | None, mask: jax.Array | None
+) -> jax.Array:
+  return _int_forward(options, logits, labels, weights, mask, grad=False)[0]
+
+
 def _label_exps(
   logits: jax.Array, mask: jax.Array | None, label: _Label, class_axis: ClassAxis, shift: jax.Array, safe: jax.Array
 ) -> jax.Array:
   """exp(z - shift) = p̂·s for the integer kernel; where ``_shares_exps``, the forward's expression
-  (z_c's shift, or the max shift's behind a cond that the label shift passes through), so
-  XLA computes them once."""
+  (its first shift's, or the careful max shift's behind a cond that the first passes through),
+  so XLA computes them once."""
   if not _shares_exps(logits):
     return _recomputed_exps(logits, mask, shift)
   dtype = shift.dtype
   if _small(logits):
     return _exp_shifted(logits, dtype, shift, mask, top=True)
-  e = _exp_shifted(logits, dtype, _label_logit(logits, label, class_axis, dtype), mask)
+  first = _first_shift(logits, dtype, mask, _label_logit(logits, label, class_axis, dtype), class_axis, True)
+  e = _exp_shifted(logits, dtype, first, mask)
   # The pass-through is branch 0 (taken when ``~safe`` is false): as branch 1,
   # XLA:CPU kept e out of the gradient's buffer (an N×C temporary; measured).
   exps: jax.Array = jax.lax.cond(~safe, lambda e: _exp_shifted(logits, dtype, shift, mask, top=True), lambda e: e, e)
@@ -509,7 +550,7 @@ def _int_tangent(
 
 # Per-row loss over the last axis: fused_integer_labels(options, logits, labels, weights, mask);
 # NaN for labels out of range that are not the ignore index, 0 for ignored rows.
-fused_integer_labels = _fused_loss(_int_forward, _int_tangent, _shares_exps)
+fused_integer_labels = _fused_loss(_int_forward, _int_tangent, _shares_exps, _int_value)
 
 
 # Soft labels: L = Σp·logsumexp(z) - Σ p·z (Eq. 4.2.23 with 4.2.37).
