@@ -14,12 +14,14 @@ import contextlib
 import jax
 import jax.extend.core
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl.testing import absltest
 
 import xent_jax
 
 import _paths
+import references
 import test_autodiff_modes as autodiff
 import test_bad_input as bad_input
 import test_classification as classification
@@ -88,3 +90,25 @@ class FirstShiftTest(absltest.TestCase):
     assert not _max_before_cond(loss, z, labels)  # the value's max is the fallback's, inside the cond
     with _paths.large_path():
       assert not _max_before_cond(jax.value_and_grad(summed), z)
+
+
+def test_batched_reverse_over_reverse_beside_an_infinite_logit():
+  """The Hessian-vector products diag(p̂)v - p̂(p̂·v) of each row, batched as ``jacrev(grad)`` does.
+
+  The row with a +inf logit has p̂ = e_k and a zero Hessian; its +inf entry itself is NaN here
+  (as on the label path). With the shift differentiated, the max's transpose spread that NaN
+  over the whole row (review of issue 15).
+  """
+  rng = np.random.default_rng(7)
+  z = rng.standard_normal((5, 7)).astype(np.float32)
+  z[2, 4] = np.inf
+  labels = jnp.array([0, 3, 1, 6, 2])
+  vs = rng.standard_normal((2, 5, 7)).astype(np.float32)
+  grad = jax.grad(lambda z: jnp.sum(xent_jax.softmax_cross_entropy_with_integer_labels(z, labels)))
+  hv = np.asarray(jax.jit(jax.vmap(lambda v: jax.vjp(grad, jnp.asarray(z))[1](v)[0]))(vs), np.float64)
+  p = references.softmax(np.where(np.isinf(z), 0.0, z))
+  p[2] = np.eye(7)[4]
+  expected = p * vs - p * np.sum(p * vs, axis=-1, keepdims=True)
+  finite = np.ones(z.shape, bool)
+  finite[2, 4] = False
+  np.testing.assert_allclose(hv[:, finite], expected[:, finite], rtol=1e-5, atol=1e-6)
