@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 from jax.experimental import checkify
 
@@ -798,3 +799,21 @@ class LibraryValuePathTest(parameterized.TestCase):
     want = ref.softmax_cross_entropy(np.asarray(zs, np.float64), np.asarray(ps, np.float64))
     want[1, 0] = np.nan
     np.testing.assert_allclose(np.asarray(value, np.float64), want, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype, classes", [("int8", 200), ("uint8", 300), ("int16", 40000), ("uint16", 70000)])
+def test_narrow_label_dtypes(dtype, classes):
+  """8- and 16-bit labels with more classes than their dtype holds (C - 1 overflowed it: NaN for valid labels)."""
+  rng = np.random.default_rng(5)
+  z = rng.normal(size=(3, classes)).astype(np.float32)
+  labels = np.array([0, 5, np.iinfo(dtype).max], dtype)
+  loss = lambda z: xent_jax.softmax_cross_entropy_with_integer_labels(z, jnp.asarray(labels))
+  value, grad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(loss(z))))(z)
+  want = ref.integer_cross_entropy(z, labels.astype(np.int64))
+  np.testing.assert_allclose(np.asarray(jax.jit(loss)(z), np.float64), want, rtol=1e-6)
+  np.testing.assert_allclose(float(value), want.sum(), rtol=1e-6)
+  expected = ref.softmax(z)
+  expected[np.arange(3), labels.astype(np.int64)] -= 1
+  np.testing.assert_allclose(np.asarray(grad, np.float64), expected, rtol=1e-5, atol=1e-7)
+  torch_mean = xent_jax.cross_entropy(z, jnp.asarray(labels))
+  np.testing.assert_allclose(float(torch_mean), want.mean(), rtol=1e-6)

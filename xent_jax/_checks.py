@@ -26,14 +26,16 @@ def as_floating(x: jax.typing.ArrayLike, name: str) -> jax.Array:
 
 
 def as_integer(x: jax.typing.ArrayLike, name: str) -> jax.Array:
-  """Returns ``x`` as an array, raising TypeError unless it holds integers."""
+  """Returns ``x`` as an array, raising TypeError unless it holds integers; 8- and 16-bit
+  integers are widened to int32, in which class counts and offsets do not overflow (an int8
+  label against 200 classes clipped to C - 1 = -57, and read as out of range)."""
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.integer):
     raise TypeError(
       f"`{name}` must be an integer array of class indices, got dtype {x.dtype}"
       " (use the soft-label loss for probabilities)."
     )
-  return x
+  return x.astype(jnp.int32) if x.dtype.itemsize < 4 else x
 
 
 def compute_dtype(*dtypes: jnp.dtype) -> jnp.dtype:
